@@ -178,6 +178,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
         doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job, ext_veths, after_reads, dead)
+        image.refuse_large_args(doc)   # (before the takes; commit counts the whole manifest)
         _record_zombies(doc, dead)
         for p in doc["processes"]:
             if p["pid"] not in resume:

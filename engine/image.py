@@ -125,6 +125,36 @@ def write_json(write, obj, depth: int = 4, chunk: int = 1000) -> None:
         write("}")
 
 
+def _bounded(write, doc: dict):
+    """`write`, refusing (ImageError, `too_large`) a manifest larger than restore reads (MAX_MANIFEST_BYTES)."""
+    n = [0]
+
+    def out(text: str) -> None:
+        n[0] += len(text)   # (bytes: the encoder escapes every character that is not ASCII)
+        if n[0] > MAX_MANIFEST_BYTES:
+            raise ImageError(too_large(doc))
+        write(text)
+    return out
+
+
+def too_large(doc: dict) -> str:
+    """The line refusing `doc`, whose manifest is larger than restore reads: restore refused such an
+    image ("absurdly large"), and the processes' command lines and environments (up to 6 MiB each,
+    base64) make one of a few dozen processes."""
+    args = sum(len(p.get(k) or "") for p in doc.get("processes") or () for k in ("cmdline", "environ"))
+    return (f"the image's manifest would be larger than restore reads ({MAX_MANIFEST_BYTES} bytes), "
+            f"{args} bytes of it the processes' command lines and environments (base64): dump fewer processes "
+            "or give them smaller environments")
+
+
+def refuse_large_args(doc: dict) -> None:
+    """ImageError (`too_large`) when the processes' command lines and environments alone pass the
+    manifest's limit: asked before dump takes anything from the tree (engine/dump.py)."""
+    if sum(len(p.get(k) or "") for p in doc.get("processes") or () for k in ("cmdline", "environ")) \
+            > MAX_MANIFEST_BYTES:
+        raise ImageError(too_large(doc))
+
+
 def _remove_stale(parent: str, prefix: str) -> None:
     """Remove the temporary directories (PREFIX + PID-...) of dumps into the same place that died
     before their commit: their pid is gone. A live dump's directory, and anything that is not a
@@ -220,7 +250,7 @@ class ImageWriter:
         self._sync_archives()
         part = MANIFEST + ".part"
         with open(self.path(part), "w") as f:
-            write_json(f.write, doc)
+            write_json(_bounded(f.write, doc), doc)
             f.flush()
             os.fsync(f.fileno())
         if os.path.isdir(self.target):

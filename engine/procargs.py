@@ -22,7 +22,15 @@ import ctypes
 import os
 import struct
 
-MAX_BYTES = 1 << 22     # each of the two: more than exec takes with the default 8 MiB stack (2 MiB)
+# each of the two: what exec takes at most, whatever the stack limit (3/4 of the kernel's 8 MiB
+# _STK_LIM; a quarter of the stack limit below 24 MiB: 2 MiB with the default 8 MiB). 4 MiB refused,
+# after the stop, a linker's command line or an environment of 4 to 6 MiB under `ulimit -s unlimited`.
+MAX_BYTES = 6 << 20
+# (a detach message carries them when they are at most PIECE bytes together, else they go first in
+# pieces of PIECE (engine/standin.py op_args): one seqpacket message holds what the socket's send
+# buffer does, ~200 KiB by default (net.core.wmem_default), and a java -cp of 1,000 jars is more)
+PIECE = 1 << 16
+SENT = "sent"
 _PR_SET_MM, _PR_SET_MM_MAP = 35, 14
 _libc = ctypes.CDLL(None, use_errno=True)
 _kept: list = []        # the laid-out buffer stays for the process's life (no Python frees it)
@@ -70,6 +78,17 @@ def decoded(p: dict) -> tuple[bytes, bytes] | None:
     if "cmdline" not in p and "environ" not in p:
         return None
     return binascii.a2b_base64(p.get("cmdline") or ""), binascii.a2b_base64(p.get("environ") or "")
+
+
+def send(call, shown: tuple[bytes, bytes] | None):
+    """What a detach request carries of (cmdline, environ) `shown`: themselves, or SENT once sent
+    first in pieces with `call` (a stand-in's channel's call) when they would not fit in its message."""
+    if shown is None or len(shown[0]) + len(shown[1]) <= PIECE:
+        return shown
+    for which, data in enumerate(shown):
+        for at in range(0, len(data), PIECE):
+            call(("args", which, data[at:at + PIECE]))
+    return SENT
 
 
 def layout(cmdline: bytes, environ: bytes) -> tuple[int, int, int, int]:

@@ -2896,12 +2896,13 @@ class _Restorer:
         chan = self.chans[p["pid"]]
         why = None
         try:
+            shown = procargs.send(chan.call, procargs.decoded(p))
             chan.call(("detach", p.get("comm"), p.get("caps"),
                        [(t["comm"], t.get("sig_blocked")) for t in p.get("threads") or ()],
                        {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored", "sig_blocked",
                                               "child_subreaper", "thp_disable", "posix_timers", "itimers",
                                               "timer_sig_caught") if k in p} | self._pdeathsig(p)
-                       | ({"args": shown} if (shown := procargs.decoded(p)) else {})),
+                       | ({"args": shown} if shown else {})),
                       [lifeline] if p is procs[0] else [])
             if p is not procs[0]:
                 chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)

@@ -128,3 +128,76 @@ def test_a_stand_in_started_where_it_cannot_be_is_refused_by_the_validator(rpf_i
     assert d["processes"][2].get("enter_first") and d["processes"][2].get("userns_first"), d["processes"][2]
     assert "net" in d["processes"][0]["host_ns"] and "net" not in d["processes"][3]["host_ns"]
     refused(_mutated(rpf_image, tmp_path, mutate), pattern, tmp_path)
+
+
+# --- dump never writes an image restore refuses -----------------------------------------------
+
+# Processes sharing an environment of 3.84 MB (exec takes up to 6 MiB with a stack limit of 24 MiB
+# or more): 28 of them are 143 MB of base64 in the manifest, more than restore reads (128 MiB).
+_BIG_ENV = """
+import ctypes, os, signal, sys
+if "V0" not in os.environ:
+    os.execve(sys.executable, [sys.executable, "/tmp/big_env.py"], {f"V{i}": "x" * 120000 for i in range(32)})
+for _ in range(27):
+    if os.fork() == 0:
+        break
+os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+while True:
+    signal.pause()
+"""
+
+
+def test_a_manifest_larger_than_restore_reads_is_refused_at_dump(case, tmp_path):
+    """Dump wrote such an image (restore then refused it: 'mntcr.json is absurdly large'); now it
+    refuses in one line and the tree runs on."""
+    pid = case.start("ulimit -s 65536\ncat > /tmp/big_env.py <<'PYEND'\n" + _BIG_ENV + "PYEND\n"
+                     "exec python3 /tmp/big_env.py </dev/null >/dev/null 2>&1\n")
+    from zdtm.snapshot import tree_pids
+    pids = tree_pids(pid)
+    assert len(pids) == 28, pids
+    with open(f"/proc/{pids[-1]}/environ", "rb") as f:
+        assert len(f.read()) > 3_800_000
+    images = str(tmp_path / "img")
+    r = enginecase.mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert re.fullmatch(r"mntcr dump: the image's manifest would be larger than restore reads \(134217728 bytes\), "
+                        r"\d+ bytes of it the processes' command lines and environments \(base64\): dump fewer "
+                        r"processes or give them smaller environments", lines[0]), lines[0]
+    assert not os.path.exists(images)
+    assert sorted(tree_pids(pid)) == sorted(pids), "dump killed processes of the tree"
+    for p in pids:   # (resumed: none left stopped)
+        with open(f"/proc/{p}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] != "T", p
+
+
+def test_an_environment_exec_took_under_a_big_stack_limit_comes_back(case):
+    """exec takes up to 6 MiB of arguments and environment when the stack limit is 24 MiB or more
+    (`ulimit -s unlimited`: a linker's command line, a CI job's environment); dump refused more than
+    4 MiB, after the stop ('which an image does not keep')."""
+    pid = case.start("ulimit -s 65536\ncat > /tmp/big_env.py <<'PYEND'\n"
+                     + _BIG_ENV.replace("range(32)", "range(50)").replace("range(27)", "range(0)")
+                     + "PYEND\nexec python3 /tmp/big_env.py </dev/null >/dev/null 2>&1\n")
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        want = f.read()
+    assert len(want) > 5_900_000
+    after = case.cr(pid)
+    with open(f"/proc/{after}/environ", "rb") as f:
+        assert f.read() == want
+
+
+@pytest.mark.parametrize("where", ["cmdline", "environ"])
+def test_a_command_line_or_environment_of_300_kb_comes_back(case, where):
+    """A stand-in's detach request carried both: past the channel socket's send buffer (~200 KiB by
+    default) restore failed after the dump with 'Message too long' (a java -cp of a thousand jars)."""
+    # (built by the shell: one string of argv or the environment holds 128 KiB at most)
+    run = f"{enginecase.HOLD} 100000 $(seq 60000)" if where == "cmdline" else \
+        f"env B1=$x B2=$x B3=$x {enginecase.HOLD} 100000"
+    pid = case.start(f"x=$(head -c 100000 /dev/zero | tr '\\0' x)\nexec </dev/null >/dev/null 2>&1\nexec {run}\n")
+    with open(f"/proc/{pid}/{where}", "rb") as f:
+        want = f.read()
+    assert len(want) > 300_000
+    after = case.cr(pid)
+    with open(f"/proc/{after}/{where}", "rb") as f:
+        assert f.read() == want
