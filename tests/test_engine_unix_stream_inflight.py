@@ -75,3 +75,68 @@ def test_validator_refuses_stream_segments_but_with_fds_of_a_socketpair(obj):
     from engine.fds import unix_check
     with pytest.raises(image.ImageError, match="bad queued messages"):
         unix_check.check_object({"kind": "unix", "type": "stream", **obj}, "object x")
+
+
+# CRIU's scm06: a datagram pair's ends, each bound to an abstract name, sent over each other (four
+# messages, one fd each); and a stream pair whose end b waits with end a itself in flight.
+SELVES = py_hold("""
+import socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.bind(b"\\0mntcr-scm-a"); b.bind(b"\\0mntcr-scm-b")
+for via in (a, b):
+    for x in (a, b):
+        socket.send_fds(via, [b"m"], [x.fileno()])
+s, t = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+s.send(b"head "); socket.send_fds(s, [b"fds"], [s.fileno()]); s.send(b" tail")
+for n, x in ((10, a), (11, b), (12, s), (13, t)): os.dup2(x.fileno(), n)
+""")
+
+
+def _received(sock: socket.socket, size: int) -> tuple[bytes, int]:
+    data, fds, _, _ = socket.recv_fds(sock, size, 1)
+    assert len(fds) == 1, (data, fds)
+    return data, fds[0]
+
+
+def test_pair_ends_in_flight_on_their_own_pair_come_back_as_those_ends(case):
+    """The ends of a pair in flight on that pair (scm06's vinaigrette; a stream end sent over itself)
+    come back as the restored pair's own ends: each received fd is the same socket (its inode) as
+    the process's fd on that end, with its name."""
+    state = case.roundtrip(SELVES)[-1]
+    mine = {n: grab_fd(state.pid, n) for n in (10, 11, 12, 13)}
+    try:
+        ino = {n: os.fstat(fd).st_ino for n, fd in mine.items()}
+        for on, sent in ((10, (10, 11)), (11, (10, 11))):   # (b's sends wait on a, a's on b)
+            with socket.socket(fileno=os.dup(mine[on])) as s:
+                s.setblocking(False)
+                for n in sent:
+                    data, fd = _received(s, 10)
+                    with socket.socket(fileno=fd) as got:
+                        assert (data, os.fstat(fd).st_ino) == (b"m", ino[n])
+                        assert got.getsockname() == b"\0mntcr-scm-" + (b"a" if n == 10 else b"b")
+        with socket.socket(fileno=os.dup(mine[13])) as t:
+            t.setblocking(False)
+            data, fd = _received(t, 100)
+            try:
+                assert (data, os.fstat(fd).st_ino) == (b"head fds", ino[12])
+            finally:
+                os.close(fd)
+            assert t.recv(100) == b" tail"
+    finally:
+        for fd in mine.values():
+            os.close(fd)
+
+
+def test_validator_takes_a_pair_end_in_flight_on_a_pair_only():
+    """{kind: pair_end, end} in flight: on a pair's queue, end 0 or 1, nothing else; refused on any
+    other socket's queue (nothing there to send)."""
+    from engine import image
+    from engine.fds import unix_check
+    ok = {"kind": "unix", "type": "dgram", "data": ["", ""], "msgs": [[{"data": "eA==", "fds": [
+        {"kind": "pair_end", "end": 1}]}], []]}
+    unix_check.check_object(ok, "object x")
+    for bad in ({"kind": "pair_end", "end": 2}, {"kind": "pair_end", "end": 0, "mnt": 1}, {"kind": "pair_end"}):
+        with pytest.raises(image.ImageError, match="bad pair end in flight"):
+            unix_check.check_object({**ok, "msgs": [[{"data": "eA==", "fds": [bad]}], []]}, "object x")
+    with pytest.raises(image.ImageError, match="bad pair end in flight"):
+        unix_check._check_msgs([{"data": "eA==", "fds": [{"kind": "pair_end", "end": 0}]}], "fd 3")

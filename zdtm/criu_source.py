@@ -226,9 +226,27 @@ def read_desc(static_dir: str, name: str) -> dict:
     return desc if isinstance(desc, dict) else {}
 
 
+# Tests whose Makefile rule links a library by its name alone (bpf_hash: -lbpf), which a static link
+# needs with its own dependencies (pkg-config --static): those, in a link group opened before the
+# objects (ld closes it at the end of the line, after the Makefile's -lbpf), so each finds the others.
+STATIC_DEPS = {"bpf_hash": "libbpf", "bpf_array": "libbpf"}
+
+
+def _static_ldflags(args: list[str]) -> str:
+    """LDFLAGS for `make ARGS`: -static, and the link group of STATIC_DEPS' library of the test built."""
+    lib = next((STATIC_DEPS[a] for a in args if a in STATIC_DEPS), None)
+    if lib is None:
+        return "-static"
+    try:
+        p = subprocess.run(["pkg-config", "--static", "--libs-only-l", lib], capture_output=True, text=True)
+    except OSError:
+        return "-static"
+    return f"-static -Wl,--start-group {p.stdout.strip()}" if p.returncode == 0 else "-static"
+
+
 def _make(args: list[str], cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
     # Static: the test's root (zdtm/criu_tests.py) then holds the binary and no library.
-    env = dict(os.environ, LDFLAGS="-static", MAKEFLAGS="", LC_ALL="C")
+    env = dict(os.environ, LDFLAGS=_static_ldflags(args), MAKEFLAGS="", LC_ALL="C")
     try:
         return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True,
                               env=env, timeout=timeout)

@@ -31,7 +31,9 @@ A pending connection whose client is gone (sock_diag names it 0) is made again f
 client that connects, sends what the gone one had and closes.
 
 Fds in flight on a stream pair (socketpair(2)) are kept with its queue in segments, each ending
-with the bytes that carried fds (a peek with a peek offset stops there), and sent again so.
+with the bytes that carried fds (a peek with a peek offset stops there), and sent again so. A
+pair's own ends in flight on it are sent again as the new pair's ends (unix_queue.PAIR_END); any
+other socket in flight is refused.
 
 Not done yet (refused at dump): fds in flight on a listener or on a stream that is not an unnamed
 pair's end (a connection accepted from a listener), other kinds in flight,

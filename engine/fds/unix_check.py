@@ -143,8 +143,9 @@ def _gone_sender(x, entry: dict) -> bool:
         return False
 
 
-def _check_msgs(queue, what: str) -> None:
-    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO or pipe]}."""
+def _check_msgs(queue, what: str, pair: bool = False) -> None:
+    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO or pipe,
+    or, on a pair's queue (`pair`), {kind: pair_end, end: 0|1}: an end of that pair]}."""
     from engine.image import _fail, check_abs_path
     if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
         _fail(f"{what}: bad queued messages")
@@ -156,6 +157,10 @@ def _check_msgs(queue, what: str) -> None:
             if set(m) != {"data", "fds"} or not isinstance(fds, list) or not 0 < len(fds) <= 253:
                 _fail(f"{what}: bad fds of a queued message")
             for f in fds:
+                if isinstance(f, dict) and f.get("kind") == unix_queue.PAIR_END:
+                    if not pair or set(f) != {"kind", "end"} or f["end"] not in (0, 1) or type(f["end"]) is not int:
+                        _fail(f"{what}: bad pair end in flight")
+                    continue
                 if not isinstance(f, dict) or f.get("kind") not in unix_queue.INFLIGHT_KINDS \
                         or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
                         or ("obj" in f and (f["kind"] == "file" or not isinstance(f["obj"], str))) \
@@ -187,7 +192,7 @@ def check_object(obj: dict, what: str) -> None:
                                                             if isinstance(q, list) for m in q))):
             _fail(f"{what}: bad queued messages of a socket pair")
         for q in msgs:
-            _check_msgs(q, what)
+            _check_msgs(q, what, pair=True)
     shut = obj.get("shut")
     if shut is not None and (not isinstance(shut, list) or len(shut) != 2
                              or not all(type(x) is int and 0 <= x <= 3 for x in shut)):

@@ -47,7 +47,7 @@ def dump_end(k) -> None:
     if out["type"] == "stream" and k.inflight:
         # (fds in flight: the queue in segments, each ending with the bytes that carried fds;
         # an unnamed pair only, unix.case_of)
-        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight)
+        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight, selves={a: 0, b: 1})
     elif out["type"] == "stream":
         n = unix_queue.inq(k.c)
         if n > unix_queue.MAX_DATA:
@@ -56,7 +56,7 @@ def dump_end(k) -> None:
             data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             d.objects[obj]["data"][end] = binascii.b2a_base64(data, newline=False).decode()
     elif unix_queue.inq(k.c) or k.inflight:
-        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight)
+        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight, selves={a: 0, b: 1})
         if k.inflight and "via" in o:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
                                             "listener: not supported")
@@ -137,7 +137,7 @@ def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
     rest = list(fds)
     for end, queue in enumerate(spec.get("msgs") or ()):
         with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
-            rest = unix_queue.send_queue(peer, queue, rest)
+            rest = unix_queue.send_queue(peer, queue, rest, ends)
     for end, bits in enumerate(spec.get("shut") or ()):
         if bits:   # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2; the peer gets the other side)
             with socket.socket(fileno=os.dup(ends[end])) as s:

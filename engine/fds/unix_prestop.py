@@ -77,8 +77,8 @@ def _precheck(d) -> None:
                 from engine.fds import unix_locate
                 unix_locate.note_detached(d)   # (a file on a detached mount: engine/detached.py precheck)
         case, detail = unix.case_of(k)
-        if k.inflight:
-            unix_queue.refuse_head_inflight(d, s)
+        if k.inflight:   # (a pair's own ends in flight on it are kept: unix_pair.dump_end)
+            unix_queue.refuse_head_inflight(d, s, {k.ino, k.peer} if case == "pair" else ())
         if case == "listener":
             unix.listener_creds(k, s)
             if k.rec.get("rqueue"):

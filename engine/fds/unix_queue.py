@@ -27,13 +27,15 @@ SO_PEEK_OFF = 42
 MAX_MSGS = 4096
 
 
-def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None) -> list:
+def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None, selves: dict | None = None) -> list:
     """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
     without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
     (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
     carries fds (SCM_RIGHTS, `inflight` of them in all): a peek hands us copies of those, each
     described as an fd on a file of the tree's mounts (inflight_entry). With `senders`, the
-    sender's name of each message is appended to it ({} for an unbound sender)."""
+    sender's name of each message is appended to it ({} for an unbound sender). `selves`: {socket
+    inode: end} of the pair `s` is an end of, whose ends in flight on it are entries of their own
+    (inflight_entry)."""
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     # Past the last message, a seqpacket socket whose peer is gone returns 0 bytes (its end of
     # file), as an empty message would: with SO_PASSCRED set for the peek, every message carries
@@ -65,7 +67,7 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
                                                     "ancillary data than fds: not supported")
                 msg = binascii.b2a_base64(data, newline=False).decode()
                 if got:
-                    msg = {"data": msg, "fds": [inflight_entry(d, fd) for fd in got]}
+                    msg = {"data": msg, "fds": [inflight_entry(d, fd, selves) for fd in got]}
                 out.append(msg)
                 if senders is not None:
                     senders.append(unix_bind.name_of(_addr))
@@ -93,12 +95,17 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
 
 
 INFLIGHT_KINDS = ("file", "fifo", "pipe")
+# An end of the very pair whose queue it waits on (CRIU's scm06: a datagram pair's ends sent over each
+# other): {kind, end}, sent again as that end of the new pair, the same description.
+PAIR_END = "pair_end"
 
 
-def inflight_kind(d, fd: int, target: str, mode: int):
+def inflight_kind(d, fd: int, target: str, mode: int, selves=()):
     """The kind of our copy `fd` of an fd in flight on socket `d`, or FdError when no entry of
-    INFLIGHT_KINDS describes it."""
+    INFLIGHT_KINDS describes it (nor is it an end of the pair `d` is on: `selves`, their inodes)."""
     from engine import fds as kinds
+    if stat.S_ISSOCK(mode) and os.fstat(fd).st_ino in selves:
+        return None
     kind = kinds.classify(target, mode)
     if kind is None or kind.name not in INFLIGHT_KINDS:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs and pipes "
@@ -106,13 +113,14 @@ def inflight_kind(d, fd: int, target: str, mode: int):
     return kind
 
 
-def refuse_head_inflight(d, s: socket.socket) -> None:
+def refuse_head_inflight(d, s: socket.socket, selves=()) -> None:
     """Before the tree is stopped: refuse the fds in flight of the datagram at the head of socket `s`
     that `peek_messages` would refuse. A peek without a peek offset takes nothing, but marks an empty
     message peeked, which a later peek with an offset skips: only a head of some bytes (FIONREAD
     tells a datagram socket's head's length, a seqpacket socket's whole queue's) is peeked. A socket
     with its own peek offset is left to dump too (our peek would move it). On a stream (a socketpair's
-    end) the head segment: a peek of its queued bytes stops after the first bytes that carried fds."""
+    end) the head segment: a peek of its queued bytes stops after the first bytes that carried fds.
+    `selves`: the inodes of the pair `s` is an end of (its ends in flight are kept)."""
     n = inq(s.fileno()) if s.type in (socket.SOCK_DGRAM, socket.SOCK_STREAM) else 0
     if not n or s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) >= 0:
         return
@@ -126,20 +134,23 @@ def refuse_head_inflight(d, s: socket.socket) -> None:
            for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
     try:
         for fd in got:
-            inflight_kind(d, fd, os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_mode)
+            inflight_kind(d, fd, os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_mode, selves)
     finally:
         for fd in got:
             os.close(fd)
 
 
-def inflight_entry(d, fd: int) -> dict:
+def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
     """An fd in flight (our copy `fd`) as an fd entry of a file, a FIFO or a pipe. A file or FIFO is
     placed on the mount its fdinfo names, or, for a file deleted since, on the mount of the tree whose
     root it is (the FIFO systemd-nspawn binds over /proc/kmsg); a pipe names its pipe object, the one
-    the tree's own fds on that pipe name (CRIU's scm00: an end sent, then closed by the sender)."""
+    the tree's own fds on that pipe name (CRIU's scm00: an end sent, then closed by the sender); an end
+    of the pair the queue is on (`selves`: {inode: end}) names that end (PAIR_END)."""
     target = os.readlink(f"/proc/self/fd/{fd}")
     st = os.fstat(fd)
-    kind = inflight_kind(d, fd, target, st.st_mode)
+    kind = inflight_kind(d, fd, target, st.st_mode, selves or {})
+    if kind is None:   # (the pair's own description: its flags are its holders')
+        return {"kind": PAIR_END, "end": (selves or {})[st.st_ino]}
     what = f"{d.where}: an fd in flight ({target})"
     info = {}
     with open(f"/proc/self/fdinfo/{fd}") as f:
@@ -187,6 +198,11 @@ def inflight_mounts(msgs: list) -> list[int]:
     return sorted({f["mnt"] for m in msgs if isinstance(m, dict) for f in m["fds"] if "mnt" in f})
 
 
+def _own_fds(m: dict) -> int:
+    """How many of message `m`'s fds in flight are opened for it (not ends of its own pair)."""
+    return sum(1 for f in m["fds"] if f["kind"] != PAIR_END)
+
+
 def inq(fd: int) -> int:
     """The bytes waiting to be read on socket `fd` (FIONREAD)."""
     import fcntl
@@ -194,18 +210,20 @@ def inq(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
-def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
+def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]:
     """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
-    from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
+    from the front of `fds` (received ones, which the stand-in closes), an end of the pair itself
+    (PAIR_END) from `ends`, the new pair's. Returns the fds left."""
     fds = list(fds)
     stream = peer.type == socket.SOCK_STREAM   # (a pair's segments, when fds were in flight on it)
     try:
         for i, m in enumerate(queue):
             if isinstance(m, dict):
-                n = len(m["fds"])
-                mine, fds = fds[:n], fds[n:]
-                if len(mine) != n:
+                n = _own_fds(m)
+                opened, fds = fds[:n], fds[n:]
+                if len(opened) != n or (len(m["fds"]) > n and len(ends) != 2):
                     raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
+                mine = [ends[f["end"]] if f["kind"] == PAIR_END else opened.pop(0) for f in m["fds"]]
                 data = binascii.a2b_base64(m["data"])
                 sent = socket.send_fds(peer, [data], mine, socket.MSG_DONTWAIT)
                 if stream:
@@ -241,6 +259,8 @@ def open_inflight(r: RestoreFd, msgs) -> list[int]:
             if not isinstance(m, dict):
                 continue
             for f in m["fds"]:
+                if f["kind"] == PAIR_END:
+                    continue   # (the new pair's own end: send_queue)
                 if "mnt" in f and f["mnt"] not in r.entry.get("mnts", ()):
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
                 if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != "pipe":
