@@ -19,7 +19,9 @@ no flowtable, no ct helper or secmark object: a host module or LSM context), eve
 `_KEYS` (no "xt": an extension nft cannot make), a netdev chain's device only one restore makes in
 that namespace; the iptables text only as its four line kinds with the options, matches and
 targets of `_XT_OPTS`, `_XT_MATCHES`, `_XT_TARGETS` (no --modprobe, no bpf object path, no
-extension library by another name). JSON carries no include and names no file; the -restore tools
+extension library by another name); no host name where an address goes (nft, and iptables-nft-restore's
+-s, -d, --ctorig*, --ctrepl*, would resolve it through this host's /etc/hosts, nsswitch or resolver;
+dump lists addresses numeric: `nft -j list ruleset` resolves nothing without -N, iptables-save none). JSON carries no include and names no file; the -restore tools
 read the text from stdin only.
 
 Not kept (lost): conntrack entries and the NAT bindings of connections made before the dump (a
@@ -39,6 +41,7 @@ Image (manifest "netfilter"): {net-N: {"nft": [OBJECT...], "iptables": TEXT, "ip
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 from engine import rx
@@ -79,6 +82,9 @@ elem map data vmap log level group snaplen queue-threshold limit rate per burst 
 notrack mangle value exthdr name fib result rt socket quota val val_unit used used_unit timeout expires comment numgen
 mode mod symhash jhash seed stmt | & ^ << >> != == < > <= >= in
 """.split()) | {"tcp option", "ip option", "sctp chunk", "counter name", "quota name", "limit name"}
+# (the expressions and set types whose values are IP addresses: a name there is resolved by nft)
+_ADDR_FIELDS = {("ip", "saddr"), ("ip", "daddr"), ("ip6", "saddr"), ("ip6", "daddr"), ("arp", "saddr ip"), ("arp", "daddr ip")}
+_ADDR_TYPES = ("ipv4_addr", "ipv6_addr")
 _NAME = rx.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 _TEXT = rx.compile(r"^[\x20-\x7e]*\Z")
 # iptables-save text: the options, matches and targets of the rules it writes that act in the namespace
@@ -91,6 +97,7 @@ _XT_OPTS = frozenset("""
 --socket-exists --src-range --dst-range --mac-source --pkt-type --length --ttl-eq --ttl-gt --ttl-lt --hl-eq --hl-gt
 --hl-lt
 """.split())
+_XT_ADDR_OPTS = ("-s", "-d", "--ctorigsrc", "--ctorigdst", "--ctreplsrc", "--ctrepldst")
 _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport mark addrtype limit owner iprange mac "
                         "pkttype length ttl hl".split())
 _XT_TARGETS = frozenset("ACCEPT DROP RETURN REJECT REDIRECT DNAT SNAT MASQUERADE LOG MARK".split())
@@ -280,6 +287,128 @@ def _check_nft(objs, links: set[str], fail) -> None:
                 fail(f"nft {kind}: {k} must be a string or number")
             if type(v) is str and (len(v) > MAX_STR or not _TEXT.match(v)):
                 fail(f"nft {kind}: {k} must be printable text of at most {MAX_STR} characters")
+    _check_addrs(objs, fail)
+
+
+def _addr_typed(expr):
+    """Whether expression `expr` (a match's left side, a map's key) gives an IP address: a bool, or
+    one a part for a concatenation."""
+    if type(expr) is not dict or len(expr) != 1:
+        return False
+    (k, v), = expr.items()
+    if k == "concat" and type(v) is list:
+        return [_addr_typed(x) is True for x in v]
+    if k in ("&", "|", "^") and type(v) is list and v:
+        return _addr_typed(v[0])
+    if type(v) is not dict:
+        return False
+    if k == "payload":
+        return (v.get("protocol"), v.get("field")) in _ADDR_FIELDS
+    if k == "ct":
+        return str(v.get("key")).split(" ")[-1] in ("saddr", "daddr")
+    return k == "rt" and v.get("key") == "nexthop"
+
+
+def _type_typed(t):
+    """Whether a named set's or map's `type` (or a map's data type) is an IP address's: a bool, or a list."""
+    return [x in _ADDR_TYPES for x in t] if type(t) is list else t in _ADDR_TYPES
+
+
+def _numeric(v: str) -> bool:
+    """Whether string `v` is an IPv4/IPv6 literal, prefix (a/len) or range (a-b), or a set's reference (@name):
+    what nft parses without the host's name service."""
+    if v.startswith("@"):
+        return bool(_NAME.match(v[1:]))
+    try:
+        for part in v.split("-", 1):
+            ipaddress.ip_network(part, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _addr_value(v, typ, fail) -> None:
+    """Every string of value `v` where `typ` (`_addr_typed`'s) says an address goes must be `_numeric`:
+    nft resolves any other (a host name: localhost) through this host's /etc/hosts, nsswitch, a resolver."""
+    if not any(typ) if type(typ) is list else not typ:
+        return
+    if type(v) is str:
+        if not _numeric(v):
+            fail(f"address {v[:40]!r} is not numeric (an IPv4/IPv6 address, prefix or range): nft would resolve it "
+                 "through this host's name service")
+    elif type(v) is list:
+        for x in v:
+            _addr_value(x, typ, fail)
+    elif type(v) is dict and len(v) == 1:
+        (k, x), = v.items()
+        if k == "concat" and type(x) is list:
+            parts = typ if type(typ) is list and len(typ) == len(x) else [any(typ) if type(typ) is list else typ] * len(x)
+            for part, t in zip(x, parts):
+                _addr_value(part, t, fail)
+        elif k in ("prefix", "elem") and type(x) is dict:
+            _addr_value(x.get("addr" if k == "prefix" else "val"), typ, fail)
+        elif k in ("set", "range", "&", "|", "^"):
+            _addr_value(x, typ, fail)
+        elif k == "map" and type(x) is dict:
+            _map_entries(x.get("data"), _addr_typed(x.get("key")), typ, fail)
+        # (any other expression, payload, meta, numgen..., gives its value as the packet passes)
+
+
+def _map_entries(entries, key, data, fail) -> None:
+    """A map's elements ([key, data] each; `key`, `data`: `_addr_typed`'s), `_addr_value`'s each."""
+    if type(entries) is dict and set(entries) == {"set"}:
+        entries = entries["set"]
+    if type(entries) is not list:
+        _addr_value(entries, data, fail)
+        return
+    for e in entries:
+        if type(e) is list and len(e) == 2:
+            _addr_value(e[0], key, fail)
+            _addr_value(e[1], data, fail)
+        else:
+            _addr_value(e, key, fail)
+
+
+def _addr_walk(v, named: dict, where: tuple, fail) -> None:
+    """The address values of a rule's expressions `v` (a match's right side, a NAT's addr, a map's
+    or a named set's elements), `_addr_value`'s each; `named`: {(family, table, name): (key, data)}."""
+    if type(v) is list:
+        for x in v:
+            _addr_walk(x, named, where, fail)
+        return
+    if type(v) is not dict:
+        return
+    for k, x in v.items():
+        if type(x) is not dict:
+            _addr_walk(x, named, where, fail)
+            continue
+        if k == "match":
+            _addr_value(x.get("right"), _addr_typed(x.get("left")), fail)
+        elif k in ("dnat", "snat"):
+            _addr_value(x.get("addr"), True, fail)
+        elif k in ("map", "vmap") and "key" in x:
+            _map_entries(x.get("data"), _addr_typed(x.get("key")), False, fail)
+        elif k in ("set", "map") and type(x.get(k)) is str:   # (a statement adding to a named one)
+            key, data = named.get((*where, x[k].lstrip("@")), (False, False))
+            _addr_value(x.get("elem"), key, fail)
+            _addr_value(x.get("data"), data, fail)
+        _addr_walk(x, named, where, fail)
+
+
+def _check_addrs(objs: list, fail) -> None:
+    """No host name where nft expects an IP address, in named sets and maps and in rules (dump lists
+    them numeric: `nft -j list ruleset` resolves nothing without -N)."""
+    named = {(b.get("family"), b.get("table"), b.get("name")): (_type_typed(b.get("type")), _type_typed(b.get("map")))
+             for o in objs for k, b in o.items() if k in ("set", "map")}
+    for o in objs:
+        (kind, body), = o.items()
+        what = lambda m: fail(f"nft {kind} {body.get('name', body.get('chain'))!r}: {m}")   # noqa: E731
+        if kind in ("set", "map"):
+            key, data = named[(body.get("family"), body.get("table"), body.get("name"))]
+            (_map_entries if kind == "map" else _addr_value)(body.get("elem"), key, *([data] if kind == "map" else []),
+                                                             what)
+        elif kind == "rule":
+            _addr_walk(body.get("expr"), named, (body.get("family"), body.get("table")), what)
 
 
 def _check_xt(text, tool: str, fail) -> None:
@@ -319,6 +448,9 @@ def _check_rule(words: list[str], line: str, chains: set[str], tool: str, fail) 
             fail(f"{tool}: target {w[:30]!r} is neither one restore makes nor a chain of the table")
         if len(w) > MAX_STR:
             fail(f"{tool}: a word of more than {MAX_STR} characters")
+        if prev in _XT_ADDR_OPTS and (w.startswith("@") or not _numeric(w)):
+            # (the -restore tools resolve a host name there through this host's name service)
+            fail(f"{tool}: {prev} address {w[:40]!r} is not numeric (an IPv4/IPv6 address or prefix)")
 
 
 def check_one(kept, what: str, links: set[str], fail) -> None:

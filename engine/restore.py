@@ -298,6 +298,7 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
         features.require(name, "restore")
     _check_fd_numbers(doc)
     _check_task_room(doc)
+    _check_cpus(doc)
     _check_no_new_privs(doc)
     chosen = strategy.current()
     if chosen.sharing == "refuse":
@@ -584,6 +585,15 @@ def _check_task_room(doc: dict) -> None:
     if want > room:
         raise RestoreError(errno.EAGAIN, f"the image makes {want} processes and threads, more than this machine "
                                          f"can make now ({room}: {how}); refused before anything is made")
+
+
+def _check_cpus(doc: dict) -> None:
+    """A process's CPU affinity naming CPUs this machine lacks is refused before anything is made
+    (the kernel would narrow it silently: engine/schedattrs.py)."""
+    try:
+        schedattrs.check_cpus(doc["processes"])
+    except schedattrs.SchedError as e:
+        raise RestoreError(e.errno, f"{e.strerror}; refused before anything is made") from None
 
 
 class _Here:

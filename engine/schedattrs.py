@@ -127,6 +127,42 @@ def _ranges(cpus) -> str:
     return ",".join(out)
 
 
+def _online() -> set[int] | None:
+    """The CPUs this machine has online (/sys/devices/system/cpu/online), None where sysfs lacks it."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    out: set[int] = set()
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _lacking_line(cpus: list[int], have: set[int]) -> str:
+    """The one line of a refusal of CPU affinity `cpus` (sorted), some of which are not in `have`."""
+    lacking = sorted(set(cpus) - have)
+    why = (f"no CPU of it is one this machine lets restore use ({_ranges(have)})" if not set(cpus) & have else
+           f"CPU {_ranges(lacking[:8])}{' ...' if len(lacking) > 8 else ''} of it is not one this machine lets "
+           f"restore use ({_ranges(have)})")
+    return (f"its CPU affinity {cpus[:8]}{' ...' if len(cpus) > 8 else ''}: {why}: restore where those CPUs exist, "
+            "or give the process another affinity (taskset -p) and dump again")
+
+
+def check_cpus(processes: list[dict]) -> None:
+    """Refuse (SchedError, one line) an image whose process has a CPU affinity naming a CPU this machine
+    lacks (an image of a bigger machine): the kernel would silently narrow it to the CPUs that exist."""
+    online = _online()
+    if online is None:
+        return   # (no sysfs: `apply` compares what the kernel gave)
+    for p in processes:
+        cpus = sorted((p.get("sched") or {}).get("cpus") or ())
+        if set(cpus) - online:
+            raise SchedError(errno.EINVAL, f"process {p.get('pid')}: " + _lacking_line(cpus, online))
+
+
 def apply(pid: int, want: dict, proc_fd: int) -> None:
     """Give stand-in `pid` (as the caller sees it; `proc_fd` the caller's /proc) the attributes of
     `want` but its personality, each only where it differs."""
@@ -148,13 +184,13 @@ def apply(pid: int, want: dict, proc_fd: int) -> None:
         try:
             os.sched_setaffinity(pid, want["cpus"])
         except OSError as e:
-            cpus = want["cpus"]   # (up to 8192 of them: the line names the first few)
-            if e.errno == errno.EINVAL and not set(cpus) & os.sched_getaffinity(0):
-                # (an image of another machine: none of its CPUs is one this restore may use)
-                e = OSError(e.errno, f"no CPU of it is one this machine lets restore use ({_ranges(os.sched_getaffinity(0))}): "
-                                     "restore where those CPUs exist, or give the process another affinity "
-                                     "(taskset -p) and dump again")
-            fail(f"CPU affinity {cpus[:8]}{' ...' if len(cpus) > 8 else ''}", e)
+            if e.errno != errno.EINVAL:
+                fail(f"CPU affinity {want['cpus'][:8]}", e)
+        got = os.sched_getaffinity(pid)
+        if got != set(want["cpus"]):
+            # (EINVAL: no CPU of it exists; else the kernel narrowed the mask to the CPUs the
+            # stand-in's cpuset has online, silently)
+            raise SchedError(errno.EINVAL, _lacking_line(sorted(want["cpus"]), got))
     ioprio = io_priority(want["ioprio"])
     if _ioprio_get(pid) != ioprio:
         if _libc.syscall(_NR[1], _IOPRIO_WHO_PROCESS, pid, ioprio) < 0:

@@ -182,12 +182,50 @@ _GOOD = {"nft": [{"table": {"family": "inet", "name": "t"}},
                  {"rule": {"family": "inet", "table": "t", "chain": "c",
                            "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
                                                "right": 82}}, {"drop": None}]}}],
-         "iptables": "*nat\n:OUTPUT ACCEPT [0:0]\n:X - [0:0]\n-A OUTPUT -p tcp -m tcp --dport 80 -j REDIRECT "
+         "iptables": "*nat\n:OUTPUT ACCEPT [0:0]\n:X - [0:0]\n-A OUTPUT -s 10.0.0.0/8 ! -d ::1/128 -d 10.0.0.0/255.0.0.0 "
+                     "-m conntrack --ctorigdst 127.0.0.11 -j X\n-A OUTPUT -p tcp -m tcp --dport 80 -j REDIRECT "
                      "--to-ports 8080\n-A OUTPUT -m comment --comment \"a b\" -j X\nCOMMIT\n"}
 
 
 def _rule(expr):
     return {"rule": {"family": "inet", "table": "t", "chain": "c", "expr": expr}}
+
+
+_SADDR = {"payload": {"protocol": "ip", "field": "saddr"}}
+
+
+def _match(left, right):
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+# (what `nft -j list ruleset` lists, handles removed: addresses numeric everywhere, names elsewhere)
+_NUMERIC = [
+    {"set": {"family": "inet", "name": "s", "table": "t", "type": ["ipv4_addr", "inet_service"], "flags": ["interval"],
+             "elem": [{"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, 22]},
+                      {"concat": [{"range": ["1.2.3.4", "1.2.3.9"]}, 80]}]}},
+    {"map": {"family": "inet", "name": "m", "table": "t", "type": "ipv4_addr", "map": "ipv6_addr", "elem": [["1.2.3.4", "::1"]]}},
+    _rule([_match(_SADDR, "127.0.0.1"), _match({"payload": {"protocol": "tcp", "field": "dport"}}, 22),
+           _match({"ct": {"key": "state"}}, "established"), _match({"meta": {"key": "iifname"}}, "lo"),
+           _match({"ct": {"key": "ip daddr", "dir": "original"}}, "127.0.0.2"),
+           _match({"rt": {"key": "nexthop", "family": "ip"}}, "10.0.0.1"),
+           _match({"payload": {"protocol": "ip6", "field": "daddr"}}, {"set": ["::1", {"prefix": {"addr": "fd00::", "len": 8}}]}),
+           _match({"concat": [{"payload": {"protocol": "ip", "field": "daddr"}},
+                              {"payload": {"protocol": "tcp", "field": "dport"}}]}, "@s"),
+           {"set": {"op": "add", "elem": "10.1.1.1", "set": "@s"}},
+           {"dnat": {"family": "ip", "addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}},
+                                                      "data": {"set": [[0, "10.0.0.1"], [1, "10.0.0.2"]]}}}}}]),
+    _rule([{"snat": {"family": "ip", "addr": "10.9.9.9"}}]),
+]
+
+
+def test_validator_numeric_addresses_pass():
+    """The addresses dump writes (numeric: literals, prefixes, ranges, set references, in rules, named
+    sets and maps, NAT) pass the host-name rule, and so do names where no address goes (lo, established)."""
+    from engine import netfilter
+
+    def fail(msg):
+        raise ValueError(msg)
+    netfilter.check({"net-0": {"nft": [*_GOOD["nft"], *_NUMERIC]}}, {"net-0"}, {}, fail)
 
 
 @pytest.mark.parametrize("mut, pattern", [
@@ -229,6 +267,43 @@ def _rule(expr):
     (lambda k: k.update(iptables=k["iptables"].replace("*nat", "*broute")), r"is not one of"),
     (lambda k: k.update(iptables=k["iptables"].replace(":X -", ":-M -").replace("-j X", "-j -M")), r"is not one of"),
     (lambda k: k.update(arptables="*filter\nCOMMIT\n"), r"must be an object of nft, iptables, ip6tables"),
+    # a host name where nft expects an address: resolved by THIS host's name service (/etc/hosts, a resolver)
+    (lambda k: k["nft"].append(_rule([_match(_SADDR, "localhost")])), r"address 'localhost' is not numeric"),
+    (lambda k: k["nft"].append(_rule([_match({"ct": {"key": "ip daddr", "dir": "original"}}, "localhost")])),
+     r"address 'localhost' is not numeric"),
+    (lambda k: k["nft"].append(_rule([_match({"rt": {"key": "nexthop", "family": "ip"}}, "gw.example")])),
+     r"address 'gw.example' is not numeric"),
+    (lambda k: k["nft"].append(_rule([_match({"&": [_SADDR, "255.255.255.0"]}, "localhost")])),
+     r"address 'localhost' is not numeric"),
+    (lambda k: k["nft"].append(_rule([_match(_SADDR, {"set": ["10.0.0.1", {"prefix": {"addr": "localhost", "len": 8}}]})])),
+     r"address 'localhost' is not numeric"),
+    (lambda k: k["nft"].append(_rule([_match(_SADDR, {"range": ["10.0.0.1", "ip6-localhost"]})])),
+     r"address 'ip6-localhost' is not numeric"),
+    (lambda k: k["nft"].append(_rule([_match({"concat": [{"meta": {"key": "iifname"}}, _SADDR]},
+                                             {"set": [{"concat": ["eth0", "localhost"]}]})])),
+     r"address 'localhost' is not numeric"),
+    (lambda k: k["nft"].append(_rule([{"dnat": {"family": "ip", "addr": "db.internal", "port": 80}}])),
+     r"address 'db.internal' is not numeric"),
+    (lambda k: k["nft"].append(_rule([{"snat": {"family": "ip", "addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2}},
+                                                                                  "data": {"set": [[0, "10.0.0.1"], [1, "h"]]}}}}}])),
+     r"address 'h' is not numeric"),
+    (lambda k: k["nft"].append(_rule([{"vmap": {"key": _SADDR, "data": {"set": [["localhost", {"drop": None}]]}}}])),
+     r"address 'localhost' is not numeric"),
+    (lambda k: k["nft"].append({"set": {"family": "inet", "table": "t", "name": "s", "type": "ipv4_addr",
+                                        "elem": ["10.0.0.1", "localhost"]}}), r"nft set 's': address 'localhost'"),
+    (lambda k: k["nft"].append({"set": {"family": "inet", "table": "t", "name": "s", "type": ["ipv4_addr", "inet_service"],
+                                        "elem": [{"concat": ["localhost", 22]}]}}), r"nft set 's': address 'localhost'"),
+    (lambda k: k["nft"].append({"map": {"family": "inet", "table": "t", "name": "m", "type": "ipv4_addr", "map": "ipv6_addr",
+                                        "elem": [["10.0.0.1", "ip6-localhost"]]}}), r"nft map 'm': address 'ip6-localhost'"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-A OUTPUT -m comment", "-A OUTPUT -s localhost -m comment")),
+     r"iptables: -s address 'localhost' is not numeric"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-A OUTPUT -m comment", "-A OUTPUT ! -d db.internal/24 -m comment")),
+     r"iptables: -d address 'db.internal/24' is not numeric"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-m conntrack --ctorigsrc localhost -j X")),
+     r"iptables: --ctorigsrc address 'localhost' is not numeric"),
+    (lambda k: k["nft"].extend([{"set": {"family": "inet", "table": "t", "name": "s", "type": "ipv6_addr"}},
+                                _rule([{"set": {"op": "add", "elem": "localhost", "set": "@s"}}])]),
+     r"address 'localhost' is not numeric"),
 ])
 def test_validator(mut, pattern):
     """Each hostile ruleset is refused by the image's rule, one line naming what; the good one passes."""
@@ -281,7 +356,8 @@ def test_hostile_image_refused_at_restore(case, tmp_path):
     """An image whose ruleset was edited is refused by restore before it makes anything, in one line,
     the host's ruleset unchanged: an iptables --modprobe of a program of the host's (it never runs),
     an nft include of a host file, a chain hooked on the host's interface, a flush of the ruleset, a
-    huge ruleset."""
+    huge ruleset, a host name where an address goes (nft's, iptables-nft-restore's, which this host's
+    name service would resolve)."""
     img = case.new_images_dir()
     pid = case.start(_setup())
     case.dump(pid, img)
@@ -299,6 +375,12 @@ def test_hostile_image_refused_at_restore(case, tmp_path):
          r"device 'eth0' is not one restore makes in the namespace"),
         (lambda k: k["nft"].insert(0, {"flush": {"ruleset": None}}), r"object 'flush' is not one restore makes"),
         (lambda k: k["nft"].extend([k["nft"][-1]] * 5000), r"at most 4096 objects"),
+        # (a host name where an address goes: nft and iptables-nft-restore would resolve it here)
+        (lambda k: k["nft"].append({"rule": {"family": "inet", "table": "guard", "chain": "out",
+                                             "expr": [_match(_SADDR, "localhost"), {"drop": None}]}}),
+         r"bad image: .*address 'localhost' is not numeric"),
+        (lambda k: k.update(iptables=k["iptables"].replace("-d 127.0.0.11/32", "-d localhost", 1)),
+         r"bad image: .*-d address 'localhost' is not numeric"),
     ]):
         bad = copy_image(img, str(tmp_path / f"bad{n}"))
         doc = load_manifest(bad)

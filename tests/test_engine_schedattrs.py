@@ -46,3 +46,19 @@ def test_privileged_priorities_need_cap_sys_nice(monkeypatch, attrs):
     assert "CAP_SYS_NICE" in schedattrs._refusal(7, _attrs(**attrs))
     monkeypatch.setattr(schedattrs, "_have_cap", lambda cap: True)
     assert schedattrs._refusal(7, _attrs(**attrs)) is None
+
+
+def test_affinity_on_some_cpus_this_machine_lacks_refused():
+    """An affinity of CPUs that exist and one that does not ([0, 1, 63] on a 2-CPU machine), which
+    the kernel would narrow to those that exist: refused in one line naming the lacking CPU and
+    what to do; one of CPUs that exist only passes."""
+    online = schedattrs._online()
+    if online is None:
+        pytest.skip("no /sys/devices/system/cpu/online here")
+    missing = max(online) + 1
+    cpus = sorted(online)[:2] + [missing]
+    with pytest.raises(schedattrs.SchedError, match=rf"process 7: its CPU affinity \[.*{missing}\]: CPU {missing} of "
+                                                    r"it is not one this machine lets restore use \(.*\): restore where "
+                                                    r"those CPUs exist, or give the process another affinity"):
+        schedattrs.check_cpus([{"pid": 7}, {"pid": 7, "sched": {"cpus": cpus}}])
+    schedattrs.check_cpus([{"pid": 8, "sched": {"cpus": sorted(online)}}])

@@ -207,6 +207,18 @@ def test_affinity_to_cpus_that_do_not_exist_refused_in_a_short_line(image_dir, t
     assert len(line) < 300, line   # (what to do, and not every CPU: a 40 KB line once)
 
 
+def test_affinity_to_cpus_some_of_which_do_not_exist_refused(image_dir, tmp_path):
+    """CPUs of which some exist and one does not (an image of a bigger machine: [0, 1, 63] on 2 CPUs):
+    the kernel would narrow the affinity to those that exist, silently; restore refuses before it
+    makes anything, in one line naming the lacking CPU and what to do."""
+    have = sorted(os.sched_getaffinity(0))
+    lacking = 63 if 63 not in have and os.path.exists("/sys/devices/system/cpu/cpu63") is False else 8191
+    line = refused(_mutated(image_dir, tmp_path, lambda d: _sched(d).update(cpus=have[:2] + [lacking])),
+                   rf"process \d+: its CPU affinity \[.*{lacking}\]: CPU {lacking} of it is not one this machine "
+                   r"lets restore use \(.*\): restore where those CPUs exist.*; refused before anything is made", tmp_path)
+    assert len(line) < 300, line
+
+
 def test_priorities_are_the_images_within_the_restorers_privilege(image_dir, tmp_path):
     """SCHED_FIFO 99, nice -20 and the real-time I/O class are what the image says (IMAGE.md: a
     stand-in runs no code of the image); restore gives them with its own privilege, and fails in
