@@ -30,7 +30,9 @@ starts inside the user namespace (engine/standin.spawn_in_userns) so that what
 it makes belongs there. Where its mount namespace is another's (`unshare -rpf`
 without -m) it gets ``enter_first`` too: its stand-in, and its descendants', are
 forked late, once every mount exists, entering the mount namespace, root and cwd
-before the user namespace. A pid namespace owned by an ancestor of its user
+before the user namespace (so are the processes in a namespace such a late process
+is the first in: its pid 1 sibling's, one joined with setns, `bwrap --pidns FD`).
+A pid namespace owned by an ancestor of its user
 namespace is made there first (``userns_start``); its other namespaces other user
 namespaces own are made by helpers and joined before it enters (``ns_made_in``), as
 are a late process's own ipc and net namespaces, made before restore fills them.
@@ -39,8 +41,7 @@ What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
 own user namespace nor an ancestor's); a late process (``enter_first`` and its
-descendants) with a namespace shared with a process forked before it, or a
-superblock of a namespace it is the first in (asked before the stop too: engine/
+descendants) with a superblock of a namespace it is the first in (asked before the stop too: engine/
 prestop.py); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
 (its root, made first at restore, and those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
@@ -185,6 +186,7 @@ class _Plan:
         self.first_kinds: dict[int, list[str]] = {}   # pid -> its namespaces its own user namespace made
         self.late: set[int] = set()   # "enter_first" processes and their descendants (check_late)
         self.late_ns: list[str] = []   # names of the namespaces a late process is the first in
+        self.first_in: dict[tuple[str, int], int] = {}   # (kind, inode) -> the tree's first process in it
 
     def name(self, key: int) -> str | None:
         """The image id of user namespace `key` (its ancestors named first); None for the dumper's."""
@@ -395,7 +397,8 @@ class _Plan:
         """Refuse what a stand-in forked late (its own "enter_first", or an ancestor's: restore forks
         them once every mount exists) could not make: namespaces other steps of restore fill before
         (ipc, net), a mount namespace its stand-in, inside a user namespace, could not join."""
-        if not (self.procs.get(pid, {}).get("enter_first") or ppid in self.late):
+        shared = self._shares_late(pid, ns_ino[pid])
+        if not (self.procs.get(pid, {}).get("enter_first") or ppid in self.late or shared):
             return
         self.late.add(pid)
         why = "its stand-in, or an ancestor's, enters its mount namespace before its user namespace " \
@@ -411,6 +414,18 @@ class _Plan:
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its mount namespace belongs to "
                                                 f"{self.users.describe(mnt_owner)}, outside the user namespace its "
                                                 f"stand-in is in, and {why}: not supported yet")
+
+    def _shares_late(self, pid: int, mine: dict) -> bool:
+        """Whether `pid` is in a namespace whose first process in the tree's order is late (its
+        sibling that is pid 1 of their pid namespace, a pid namespace joined with setns): its
+        stand-in is forked late too, after that one's, and joins it (restore's Rebuild.late asks
+        the same). Records the namespaces it is the first in (`first_in`)."""
+        out = False
+        for kind, ino in mine.items():
+            if ino is not None:
+                first = self.first_in.setdefault((kind, ino), pid)
+                out = out or (first != pid and first in self.late)
+        return out
 
     def _premade_late(self, pid: int, ppid, kind: str, why: str) -> None:
         """A late process's own ipc or net namespace, which restore fills (System V objects, devices,
@@ -443,7 +458,9 @@ class _Plan:
                 if maker == pid and pid in self.late and (kind, ino) in names:
                     self.late_ns.append(names[(kind, ino)])
                 if maker in self.late and pid not in self.late:
-                    raise UsernsError(errno.EOPNOTSUPP, _late_shared_line(pid, kind, maker, tree))
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
+                                                        f"{maker}, whose stand-in enters its mount namespace before "
+                                                        "its user namespace, late: not supported yet")
 
     def result(self) -> dict:
         """plan()'s document."""
@@ -451,20 +468,6 @@ class _Plan:
         return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners, "late_ns": self.late_ns,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
-
-
-def _late_shared_line(pid: int, kind: str, maker: int, tree) -> str:
-    """The refusal of process `pid`, forked before late process `maker` at restore, in `maker`'s
-    `kind` namespace: joined with setns when `maker` is none of its ancestors (bubblewrap's --pidns
-    FD into the pid namespace of `unshare -rpf` without -m), else inherited."""
-    parent = dict(tree)
-    up = parent.get(pid)
-    while up is not None and up != maker:
-        up = parent.get(up)
-    how = "" if up == maker else " (joined with setns: `nsenter`" + (", `bwrap --pidns FD`" if kind == "pid" else "") + ")"
-    return (f"process {pid}: its {kind} namespace is that of process {maker}{how}, whose stand-in enters its mount "
-            f"namespace before its user namespace, late: not supported yet; give process {maker} a mount namespace "
-            "of its own (`unshare -rpfm`)")
 
 
 def _dumpers(kind: str, ino: int) -> bool:
@@ -1204,10 +1207,16 @@ class Rebuild:
 
     def late(self) -> set[int]:
         """The processes whose stand-ins are forked once every mount exists: those that enter their
-        mount namespace before their user namespace (``enter_first``), and their descendants."""
+        mount namespace before their user namespace (``enter_first``), their descendants, and those
+        in a namespace whose first process (in the image's order) is late, which they join (dump's
+        _Plan.check_late)."""
         out: set[int] = set()
+        first: dict[tuple[str, str], int] = {}
         for p in self.doc["processes"]:   # (parents first)
-            if p.get("enter_first") or p.get("ppid") in out:
+            shared = False
+            for key in p["ns"].items():
+                shared = shared or first.setdefault(key, p["pid"]) in out
+            if p.get("enter_first") or p.get("ppid") in out or shared:
                 out.add(p["pid"])
         return out
 
