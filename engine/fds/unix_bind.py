@@ -304,7 +304,7 @@ def bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None
     """Bind `s` to `name` with its socket file in directory `d`, wherever `name` leads from here
     (the file may lie beneath an overmount, on a detached mount, or in another mount namespace of
     the tree). A forked child chroots to a detached tmpfs where `name`'s directory is a symlink
-    to `d` through a procfs of its own (/P/self/fd/D), and binds there: the name is the dumped
+    to `d` through a procfs of its own (/P/self/fd/D; `proc_mount`), and binds there: the name is the dumped
     one, the file lands in `d`. Before Linux 6.15 (no mounts on a detached mount: strategy
     sources=yard) that tmpfs is attached first, in a private mount namespace of the child
     (attach_privately). False where the name has dot components: then the caller binds the
@@ -329,9 +329,10 @@ def bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None
         sub = parts if absolute else ["w"] + parts
         procdir = next(p for p in ("p", "q") if p != sub[0])
         os.mkdir(procdir, 0o555, dir_fd=top)
+        proc = proc_mount()   # (before attach_privately: a copy of our /proc is taken from our root)
         if private:
             attach_privately(top)   # (no mounts on detached mounts before Linux 6.15)
-        kernel.move_mount(fresh_mount("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        kernel.move_mount(proc, "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
         for i in range(len(sub) - 1):
             os.mkdir("/".join(sub[: i + 1]), 0o755, dir_fd=top)
         os.symlink(f"/{procdir}/self/fd/{d}", "/".join(sub), dir_fd=top)
@@ -364,6 +365,16 @@ def attach_privately(top: int) -> None:
         os.close(me)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     kernel.move_mount(top, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+
+
+def proc_mount() -> int:
+    """A detached proc mount in which `self` is the caller (in a child that exits soon): a new proc
+    superblock, or, where the caller may not make one (a user namespace that does not own its pid
+    namespace: `unshare -Urm` without -p, EPERM), a recursive copy of its root's /proc."""
+    try:
+        return fresh_mount("proc")
+    except PermissionError:
+        return kernel.open_tree(kernel.AT_FDCWD, "/proc", kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE)
 
 
 def fresh_mount(fstype: str) -> int:

@@ -2,7 +2,7 @@
 
 The name's path in the process's namespace or another namespace of the tree (a runtime binds
 inside the container it builds), else a bounded search of that filesystem's mounts, covered ones
-too (through clones, beneath an overmount); a file on a mount lazily unmounted since is handed
+too (through clones, beneath an overmount of the mount or of a directory of it); a file on a mount lazily unmounted since is handed
 over by the kernel itself (SIOCUNIXFILE). Where the mount found is read-only, the same directory
 through a read-write mount of the superblock (restore binds there again).
 """
@@ -50,22 +50,24 @@ def locate(d, name: str, vfs) -> dict:
     for pid, mounts in spaces:
         root = f"/proc/{pid}/root"
         hidden = []
+        parents = {m.parent_id for m in mounts}
         for m in sorted((m for m in mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
             top = root + ("" if m.mountpoint == "/" else m.mountpoint)
             try:
                 visible = kernel.statx_mnt_id(top) == m.mnt_id   # (following /proc/PID/root itself)
             except OSError:
                 visible = False
-            if not visible:
+            if visible:
+                found = _search(d, name, top, m, dev, ino, budget)
+                if found is not None:
+                    return found
+            if not visible or m.mnt_id in parents:   # (a visible one's directories may be overmounted)
                 hidden.append(m.mnt_id)
-                continue
-            found = _search(d, name, top, m, dev, ino, budget)
-            if found is not None:
-                return found
         if hidden:
             covered.append((pid, mounts, hidden))
-    # Beneath an overmount: the covered mounts of that filesystem, cloned where their covers are
-    # gone (in a private copy of the namespace, as dump reaches any covered mount).
+    # Beneath an overmount: the covered mounts of that filesystem, and the visible ones with mounts on
+    # them, cloned (where their covers are gone, in a private copy of the namespace, as dump reaches
+    # any covered mount): a clone shows what their mounts cover.
     for pid, mounts, hidden in covered:
         found = _search_clones(d, name, pid, mounts, hidden, dev, ino, budget)
         if found is not None:
