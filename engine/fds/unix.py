@@ -470,6 +470,7 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
     unix = [e for e in entries if e.get("kind") == "unix" and "_ino" in e]
     unix_pair.settle(objects)
+    unix_pair.inflight_mnts(objects, entries)
     unix_backlog.name_senders(unix)
     unix_ghost.number(unix)
     refuse_outside(unix)

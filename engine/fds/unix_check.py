@@ -5,6 +5,7 @@ restore reads (names, mounts, queues, pending connections, ghosts, senders) is c
 from __future__ import annotations
 
 import binascii   # (base64's own calls, without base64.py: it imports re)
+import os
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record, rng
 from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_opts, unix_queue
@@ -166,7 +167,8 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                         or ("obj" in f and (f["kind"] == "file" or not isinstance(f["obj"], str))) \
                         or type(f.get("flags")) is not int or not 0 <= f["flags"] < 1 << 22 \
                         or type(f.get("pos")) is not int or not 0 <= f["pos"] < 1 << 63 \
-                        or f.get("type", "file") not in ("file", "dir"):
+                        or f.get("type", "file") not in ("file", "dir", "sock") \
+                        or f.get("type") == "sock" and not f["flags"] & os.O_PATH:   # (engine/fds/file.py)
                     _fail(f"{what}: bad fd in flight")
                 if f["kind"] == "pipe":
                     # (no file: its pipe object, nothing on a mount)

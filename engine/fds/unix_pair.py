@@ -65,6 +65,17 @@ def dump_end(k) -> None:
         out["mnts"] = unix_queue.inflight_mounts([m for q in o["msgs"] for m in q])
 
 
+def inflight_mnts(objects: dict, entries: list[dict]) -> None:
+    """Once every end is dumped: give each end of a pair with fds in flight the mounts of the files
+    in flight on either end (`mnts`, restore opens them). An end dumped before the other knew only
+    the messages then recorded: a datagram pair whose first end sent a file to the second, held by
+    one process, came without them, and restore refused its own image ("not in its mnts")."""
+    for e in entries:
+        o = objects.get(e.get("obj", ""))
+        if e.get("kind") == "unix" and o is not None and o.get("kind") == "unix" and "msgs" in o:
+            e["mnts"] = unix_queue.inflight_mounts([m for q in o["msgs"] for m in q])
+
+
 def settle(objects: dict) -> None:
     """Once every end is dumped: a pair connected through a listener's name whose accepted end's
     holder is in another network namespace than the pair (a client that connected through a socket

@@ -159,7 +159,7 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
             info[key.strip()] = value.strip()
     entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
     if kind.name == "file":
-        entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "sock" if stat.S_ISSOCK(st.st_mode) else "file"
     else:
         # Its pipe with the data it holds: an fd in flight may be all that keeps a FIFO's data.
         from engine.fds.pipe import pipe_object
