@@ -43,8 +43,8 @@ def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
         os.close(proc)
 
 
-def _read_at(proc: int, path: str) -> bytes | None:
-    """The whole of a /proc file (relative to the `proc` fd), None when it is gone."""
+def _read_at(proc: int | None, path: str) -> bytes | None:
+    """The whole of a /proc file (relative to the `proc` fd; None: `path` as it is), None when it is gone."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
     except OSError:
@@ -71,19 +71,25 @@ def _stat_fields(proc: int, pid) -> list[bytes] | None:
     return data[data.rindex(b")") + 2:].split()
 
 
-def _children_listed(proc: int, pid: int) -> list[tuple[int, int]]:
-    """[(start time, pid)] of pid's children, from each of its threads' children list (a child is
-    listed by the thread that forked it); one gone since is left out."""
+def children(pid: int, proc: int | None = None) -> list[int]:
+    """The children of `pid`, from each of its threads' children list (a child is listed by the
+    thread that forked it; CONFIG_PROC_CHILDREN); [] when it is gone. `proc`: an fd on /proc to
+    read them under (None: the path /proc)."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
+    where = f"{pid}/task" if proc is not None else f"/proc/{pid}/task"
+    return [int(c) for tid in tids for c in (_read_at(proc, f"{where}/{tid}/children") or b"").split()]
+
+
+def _children_listed(proc: int, pid: int) -> list[tuple[int, int]]:
+    """[(start time, pid)] of pid's children (`children`); one gone since is left out."""
     out = []
-    for tid in tids:
-        for c in (_read_at(proc, f"{pid}/task/{tid}/children") or b"").split():
-            fields = _stat_fields(proc, int(c))
-            if fields is not None:
-                out.append((int(fields[19]), int(c)))
+    for c in children(pid, proc):
+        fields = _stat_fields(proc, c)
+        if fields is not None:
+            out.append((int(fields[19]), c))
     return out
 
 

@@ -87,18 +87,8 @@ def _has_children_files() -> bool:
 
 def _children(pid: int) -> list[int]:
     """The children of `pid` (of each of its threads); [] when it is gone."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    out = []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(n) for n in f.read().split()]
-        except OSError:
-            pass   # the thread (or the process) is gone
-    return out
+    from engine import freeze
+    return freeze.children(pid)
 
 
 def tree_pids(root: int) -> list[int]:
