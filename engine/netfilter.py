@@ -21,8 +21,10 @@ that namespace; the iptables text only as its four line kinds with the options, 
 targets of `_XT_OPTS`, `_XT_MATCHES`, `_XT_TARGETS` (no --modprobe, no bpf object path, no
 extension library by another name); no host name where an address goes (nft, and iptables-nft-restore's
 -s, -d, --ctorig*, --ctrepl*, would resolve it through this host's /etc/hosts, nsswitch or resolver;
-dump lists addresses numeric: `nft -j list ruleset` resolves nothing without -N, iptables-save none). JSON carries no include and names no file; the -restore tools
-read the text from stdin only.
+dump lists addresses numeric: `nft -j list ruleset` resolves nothing without -N, iptables-save none),
+and no name where a port, a socket's user or group goes (/etc/services, passwd, group: dump writes
+numbers there too). JSON carries no include and names no file; the -restore tools read the text
+from stdin only.
 
 Not kept (lost): conntrack entries and the NAT bindings of connections made before the dump (a
 restored TCP connection's next packet is picked up as a new flow, when net.netfilter's
@@ -85,6 +87,7 @@ mode mod symhash jhash seed stmt | & ^ << >> != == < > <= >= in
 # (the expressions and set types whose values are IP addresses: a name there is resolved by nft)
 _ADDR_FIELDS = {("ip", "saddr"), ("ip", "daddr"), ("ip6", "saddr"), ("ip6", "daddr"), ("arp", "saddr ip"), ("arp", "daddr ip")}
 _ADDR_TYPES = ("ipv4_addr", "ipv6_addr")
+_NUMBER_TYPES = {"inet_service": "/etc/services", "uid": "passwd", "gid": "group"}   # (see _looked_up)
 _NAME = rx.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 _TEXT = rx.compile(r"^[\x20-\x7e]*\Z")
 # iptables-save text: the options, matches and targets of the rules it writes that act in the namespace
@@ -98,6 +101,11 @@ _XT_OPTS = frozenset("""
 --hl-lt
 """.split())
 _XT_ADDR_OPTS = ("-s", "-d", "--ctorigsrc", "--ctorigdst", "--ctreplsrc", "--ctrepldst")
+# (options whose value the -restore tools look up by name in this host's databases: a port in
+# /etc/services, a user or group through nsswitch; iptables-save writes numbers)
+_XT_NUMBER_OPTS = {"--dport": "/etc/services", "--sport": "/etc/services", "--dports": "/etc/services",
+                   "--sports": "/etc/services", "--uid-owner": "passwd", "--gid-owner": "group"}
+_XT_NUMBER = rx.compile(r"^!?[0-9]{1,10}(?:[:,-][0-9]{1,10}){0,15}\Z")
 _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport mark addrtype limit owner iprange mac "
                         "pkttype length ttl hl".split())
 _XT_TARGETS = frozenset("ACCEPT DROP RETURN REJECT REDIRECT DNAT SNAT MASQUERADE LOG MARK".split())
@@ -384,6 +392,7 @@ def _addr_walk(v, named: dict, where: tuple, fail) -> None:
             continue
         if k == "match":
             _addr_value(x.get("right"), _addr_typed(x.get("left")), fail)
+            _number_value(x.get("right"), _looked_up(x.get("left")), fail)
         elif k in ("dnat", "snat"):
             _addr_value(x.get("addr"), True, fail)
         elif k in ("map", "vmap") and "key" in x:
@@ -395,6 +404,39 @@ def _addr_walk(v, named: dict, where: tuple, fail) -> None:
         _addr_walk(x, named, where, fail)
 
 
+def _looked_up(expr) -> str | None:
+    """The host database nft looks a name up in where match left side `expr` takes a number (a
+    port: /etc/services; a socket's user or group: passwd, group through nsswitch), else None."""
+    if type(expr) is not dict or len(expr) != 1:
+        return None
+    (k, v), = expr.items()
+    if type(v) is not dict:
+        return None
+    if k == "payload" and v.get("field") in ("sport", "dport"):
+        return "/etc/services"
+    if k == "meta" and v.get("key") in ("skuid", "skgid"):
+        return "passwd" if v["key"] == "skuid" else "group"
+    return None
+
+
+def _number_value(v, db: str | None, fail) -> None:
+    """No name in value `v` where `db` (`_looked_up`'s) says nft would look one up: dump writes
+    numbers there (`nft -j list ruleset`), a name would ask this host's databases (LDAP, sssd)."""
+    if db is None:
+        return
+    if type(v) is str and not v.startswith("@"):
+        fail(f"{v[:40]!r} is not a number: nft would look it up in this host's {db}")
+    elif type(v) is list:
+        for x in v:
+            _number_value(x, db, fail)
+    elif type(v) is dict and len(v) == 1:
+        (k, x), = v.items()
+        if k in ("set", "range"):
+            _number_value(x, db, fail)
+        elif k == "elem" and type(x) is dict:
+            _number_value(x.get("val"), db, fail)
+
+
 def _check_addrs(objs: list, fail) -> None:
     """No host name where nft expects an IP address, in named sets and maps and in rules (dump lists
     them numeric: `nft -j list ruleset` resolves nothing without -N)."""
@@ -404,6 +446,8 @@ def _check_addrs(objs: list, fail) -> None:
         (kind, body), = o.items()
         what = lambda m: fail(f"nft {kind} {body.get('name', body.get('chain'))!r}: {m}")   # noqa: E731
         if kind in ("set", "map"):
+            if kind == "set" and type(body.get("type")) is str:   # (a named set of ports, users or groups)
+                _number_value(body.get("elem"), _NUMBER_TYPES.get(body["type"]), what)
             key, data = named[(body.get("family"), body.get("table"), body.get("name"))]
             (_map_entries if kind == "map" else _addr_value)(body.get("elem"), key, *([data] if kind == "map" else []),
                                                              what)
@@ -448,6 +492,9 @@ def _check_rule(words: list[str], line: str, chains: set[str], tool: str, fail) 
             fail(f"{tool}: target {w[:30]!r} is neither one restore makes nor a chain of the table")
         if len(w) > MAX_STR:
             fail(f"{tool}: a word of more than {MAX_STR} characters")
+        if prev in _XT_NUMBER_OPTS and not _XT_NUMBER.match(w):
+            fail(f"{tool}: {prev} {w[:40]!r} is not a number: the -restore tools would look it up in this "
+                 f"host's {_XT_NUMBER_OPTS[prev]}")
         if prev in _XT_ADDR_OPTS and (w.startswith("@") or not _numeric(w)):
             # (the -restore tools resolve a host name there through this host's name service)
             fail(f"{tool}: {prev} address {w[:40]!r} is not numeric (an IPv4/IPv6 address or prefix)")

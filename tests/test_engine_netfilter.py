@@ -304,6 +304,21 @@ def test_validator_numeric_addresses_pass():
     (lambda k: k["nft"].extend([{"set": {"family": "inet", "table": "t", "name": "s", "type": "ipv6_addr"}},
                                 _rule([{"set": {"op": "add", "elem": "localhost", "set": "@s"}}])]),
      r"address 'localhost' is not numeric"),
+    # a name where nft or iptables expects a number: looked up in this host's databases (nsswitch: LDAP, sssd)
+    (lambda k: k["nft"].append(_rule([_match({"meta": {"key": "skuid"}}, "root")])),
+     r"'root' is not a number: nft would look it up in this host's passwd"),
+    (lambda k: k["nft"].append(_rule([_match({"meta": {"key": "skgid"}}, {"set": [0, "adm"]})])),
+     r"'adm' is not a number: nft would look it up in this host's group"),
+    (lambda k: k["nft"].append(_rule([_match({"payload": {"protocol": "tcp", "field": "dport"}}, "ssh")])),
+     r"'ssh' is not a number: nft would look it up in this host's /etc/services"),
+    (lambda k: k["nft"].append(_rule([_match({"payload": {"protocol": "th", "field": "sport"}}, {"range": [1, "http"]})])),
+     r"'http' is not a number"),
+    (lambda k: k["nft"].append({"set": {"family": "inet", "table": "t", "name": "p", "type": "inet_service",
+                                        "elem": [22, "https"]}}), r"nft set 'p': 'https' is not a number"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-m owner --uid-owner root -j X")),
+     r"iptables: --uid-owner 'root' is not a number: the -restore tools would look it up in this host's passwd"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-p tcp -m tcp --dport ssh -j X")),
+     r"iptables: --dport 'ssh' is not a number"),
 ])
 def test_validator(mut, pattern):
     """Each hostile ruleset is refused by the image's rule, one line naming what; the good one passes."""
