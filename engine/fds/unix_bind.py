@@ -374,7 +374,22 @@ def proc_mount() -> int:
     try:
         return fresh_mount("proc")
     except PermissionError:
-        return kernel.open_tree(kernel.AT_FDCWD, "/proc", kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE)
+        pass
+    try:
+        fd = kernel.open_tree(kernel.AT_FDCWD, "/proc", kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE)
+    except OSError:
+        fd = None
+    if fd is not None and kernel.fstatfs_type(fd) == _PROC_SUPER_MAGIC:
+        return fd
+    if fd is not None:
+        os.close(fd)
+    raise PermissionError(errno.EPERM, "binding a socket name through a directory needs a proc, which a process "
+                                       "in a user namespace that does not own its pid namespace cannot make, and "
+                                       "its root has no proc at /proc to copy: mount proc on /proc in its mount "
+                                       "namespace and dump again")
+
+
+_PROC_SUPER_MAGIC = 0x9FA0
 
 
 def fresh_mount(fstype: str) -> int:
