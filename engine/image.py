@@ -137,21 +137,24 @@ def _bounded(write, doc: dict):
     return out
 
 
+def _args_bytes(doc: dict) -> int:
+    """The bytes of the processes' command lines and environments in `doc` (base64)."""
+    return sum(len(p.get(k) or "") for p in doc.get("processes") or () for k in ("cmdline", "environ"))
+
+
 def too_large(doc: dict) -> str:
     """The line refusing `doc`, whose manifest is larger than restore reads: restore refused such an
     image ("absurdly large"), and the processes' command lines and environments (up to 6 MiB each,
     base64) make one of a few dozen processes."""
-    args = sum(len(p.get(k) or "") for p in doc.get("processes") or () for k in ("cmdline", "environ"))
     return (f"the image's manifest would be larger than restore reads ({MAX_MANIFEST_BYTES} bytes), "
-            f"{args} bytes of it the processes' command lines and environments (base64): dump fewer processes "
-            "or give them smaller environments")
+            f"{_args_bytes(doc)} bytes of it the processes' command lines and environments (base64): dump fewer "
+            "processes or give them smaller environments")
 
 
 def refuse_large_args(doc: dict) -> None:
     """ImageError (`too_large`) when the processes' command lines and environments alone pass the
     manifest's limit: asked before dump takes anything from the tree (engine/dump.py)."""
-    if sum(len(p.get(k) or "") for p in doc.get("processes") or () for k in ("cmdline", "environ")) \
-            > MAX_MANIFEST_BYTES:
+    if _args_bytes(doc) > MAX_MANIFEST_BYTES:
         raise ImageError(too_large(doc))
 
 
