@@ -780,8 +780,7 @@ class _Restorer:
         """The namespaces late stand-ins (late_standins) join rather than make, made now: the steps
         before them fill those (System V objects, network devices and sysctls: engine/userns_cr.py
         `_premade_late`)."""
-        for pid in sorted(late, key=list(by_pid).index):   # (parents first)
-            p = by_pid[pid]
+        for p in [q for pid, q in by_pid.items() if pid in late]:   # (the image's order: parents first)
             self._users_call(self.users.premade, p, self.nsfd_of, self._uts_names, self.hostproc)
             if p.get("ns_before_userns"):
                 self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc)
