@@ -30,8 +30,7 @@ def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
         if int(fields[6]) & _PF_KTHREAD:
             raise DumpError(errno.EPERM, f"process {root_pid} ({kernel.comm_shown(root_pid)}) is a kernel thread: "
                                          "give the pid of a process tree's root")
-        listed = os.path.exists(f"/proc/{root_pid}/task/{root_pid}/children")
-        children = (lambda pid: _children_listed(proc, pid)) if listed else _children_scanned(proc).get
+        children = (lambda pid: _children_listed(proc, pid)) if has_children_lists() else _children_scanned(proc).get
         order = [(root_pid, None)]
         i = 0
         while i < len(order):
@@ -69,6 +68,18 @@ def _stat_fields(proc: int, pid) -> list[bytes] | None:
     if not data:
         return None
     return data[data.rindex(b")") + 2:].split()
+
+
+_HAS_CHILDREN: bool | None = None
+
+
+def has_children_lists() -> bool:
+    """Whether the kernel has /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN: Debian's kernels
+    and this project's hosts do, not every kernel does); asked once a process."""
+    global _HAS_CHILDREN
+    if _HAS_CHILDREN is None:
+        _HAS_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+    return _HAS_CHILDREN
 
 
 def children(pid: int, proc: int | None = None) -> list[int]:

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from engine import freeze
 from zdtm import scenario, snapshot
 from zdtm.flavors import ns
 
@@ -178,7 +179,7 @@ def test_settle_waits_for_a_tree_still_busy_after_ready(busy):
         p.stdout.close()
 
 
-@pytest.mark.skipif(not snapshot._has_children_files(),
+@pytest.mark.skipif(not freeze.has_children_lists(),
                     reason="this kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN): tree_pids scans "
                            "every process there")
 def test_tree_from_children_files_is_the_tree_from_every_parent():

@@ -73,18 +73,6 @@ def _ppids() -> dict[int, int]:
     return out
 
 
-_HAS_CHILDREN: bool | None = None
-
-
-def _has_children_files() -> bool:
-    """Whether the kernel has /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN: Debian's kernels
-    and this project's hosts do, not every kernel does)."""
-    global _HAS_CHILDREN
-    if _HAS_CHILDREN is None:
-        _HAS_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
-    return _HAS_CHILDREN
-
-
 def _children(pid: int) -> list[int]:
     """The children of `pid` (of each of its threads); [] when it is gone."""
     from engine import freeze
@@ -97,7 +85,8 @@ def tree_pids(root: int) -> list[int]:
     Read from the tree's own children files when the kernel has them: a scan of every
     process's stat costs ~0.2 s a call in a TCG guest (100 entries), three calls a snapshot.
     """
-    if not _has_children_files():
+    from engine import freeze
+    if not freeze.has_children_lists():
         return _tree_from_scan(root)
     if not alive(root):
         return []
