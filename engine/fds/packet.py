@@ -160,12 +160,18 @@ def _frames(geometry: list, base: int):
         yield base + n // per_block * block_size + n % per_block * frame_size
 
 
+def _ring_bytes(rings: dict) -> int:
+    """The bytes a socket's rings (`rings`: {"rx"|"tx": geometry}) take in one mapping, rx then tx:
+    block_size x block_nr each."""
+    return sum(g[0] * g[1] for g in rings.values())
+
+
 def _ring_waiting(s: socket.socket, rings: dict) -> str | None:
     """What waits in socket `s`'s rings, read through a mapping of ours (the rx ring first, then
     the tx one): frames the kernel handed to the program (TP_STATUS_USER) that it has not handed
     back, frames the program queued for sending (any status but TP_STATUS_AVAILABLE); or None."""
     version = s.getsockopt(SOL_PACKET, OPTS["version"])
-    size = sum(g[0] * g[1] for g in rings.values())
+    size = _ring_bytes(rings)
     with mmap.mmap(s.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
         rx = rings.get("rx")
         if rx and version == TPACKET_V3:   # (a block's status: tpacket_block_desc's hdr.bh1.block_status)
@@ -216,7 +222,7 @@ def _mapped(d, ino: int, rings: dict) -> str | None:
     maps = _mappings(d, ino)
     if not maps:
         return None
-    size = sum(g[0] * g[1] for g in rings.values())
+    size = _ring_bytes(rings)
     pid, got, perms = maps[0]
     if len(maps) > 1 or pid != d.pid or got != size or perms[3] not in "ps" or perms[2] == "x":
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a packet socket whose ring is mapped other than once, whole, by "
@@ -360,7 +366,7 @@ def _map_rings(fd: int, spec: dict) -> None:
     perms = spec["mapped"]
     prot = (mmap.PROT_READ if perms[0] == "r" else 0) | (mmap.PROT_WRITE if perms[1] == "w" else 0)
     flags = mmap.MAP_SHARED if perms[3] == "s" else mmap.MAP_PRIVATE
-    size = sum(g[0] * g[1] for g in spec["rings"].values())
+    size = _ring_bytes(spec["rings"])
     addr = libc.mmap(None, size, prot, flags, fd, 0)
     if addr in (None, ctypes.c_void_p(-1).value):
         err = ctypes.get_errno()
