@@ -1122,16 +1122,22 @@ def validate(doc) -> None:
     _check_restorers_proc(doc, mounts, detached)
 
 
-def _check_mntns_bind_cycles(doc: dict) -> None:
-    """No mount namespace binds, through its mounts and those of the namespaces they bind, itself:
-    the kernel binds a mount namespace only in an older one (mnt_ns_loop), so no tree has such a
-    cycle, and restore, which makes a bound namespace after its binder's, would fail midway."""
+def mntns_binds(doc: dict) -> dict[str, set[str]]:
+    """{mount namespace: the other mount namespaces of the image its mounts bind} (those that bind one)."""
     binds: dict[str, set[str]] = {}
     for ns_id, ns in doc["mntns"].items():
         for m in ns["mounts"]:
             bound = m.get("bound_ns")
-            if type(bound) is str and bound.startswith("mnt-") and bound in doc["mntns"]:
+            if type(bound) is str and bound.startswith("mnt-") and bound != ns_id and bound in doc["mntns"]:
                 binds.setdefault(ns_id, set()).add(bound)
+    return binds
+
+
+def _check_mntns_bind_cycles(doc: dict) -> None:
+    """No mount namespace binds, through its mounts and those of the namespaces they bind, itself:
+    the kernel binds a mount namespace only in an older one (mnt_ns_loop), so no tree has such a
+    cycle, and restore, which makes a bound namespace after its binder's, would fail midway."""
+    binds = mntns_binds(doc)
     done: set[str] = set()
     for start in binds:
         path, stack = {start}, [(start, iter(sorted(binds[start])))]

@@ -180,11 +180,10 @@ def bind_order(doc: dict, base: list[str]) -> list[str]:
     (mnt_ns_loop). Without unique mount ids (before Linux 6.8) the roots' legacy ids may put the bound
     namespace first. Otherwise `base`'s order is kept; a cycle (which no kernel makes) keeps it too."""
     after: dict[str, set[str]] = {ns_id: set() for ns_id in base}
-    for ns_id, ns in doc["mntns"].items():
-        for m in ns["mounts"]:
-            bound = str(m.get("bound_ns", ""))
-            if bound.startswith("mnt-") and bound != ns_id and bound in after and ns_id in after:
-                after[bound].add(ns_id)
+    for ns_id, bound in imageformat.mntns_binds(doc).items():
+        for b in bound:
+            if b in after and ns_id in after:
+                after[b].add(ns_id)
     out: list[str] = []
     left = list(base)
     while left:
