@@ -118,8 +118,10 @@ _DEVICE_SYSCTLS = ("ip link set lo up; ip link add br0 type bridge; ip link add 
                    "ip link set v0 master br0; sysctl -qw net.ipv6.conf.br0.disable_ipv6=1 "
                    "net.ipv6.conf.v0.disable_ipv6=1 net.ipv4.conf.v1.arp_ignore=2 net.ipv4.neigh.v1.ucast_solicit=5 "
                    "; ip addr add 10.4.0.1/24 dev br0; ip link set v1 up; ip link set v0 up; "
-                   "ip link set br0 up; sysctl -qw net.ipv6.conf.v1.mtu=1300; for i in $(seq 300); do s=$(ip link; ip -6 addr show tentative); case $s in "
-                   "*NO-CARRIER*|*tentative*) sleep 0.05;; *) break;; esac; done; ")
+                   "ip link set br0 up; for i in $(seq 300); do s=$(ip link; ip -6 addr show tentative); case $s in "
+                   "*NO-CARRIER*|*tentative*) sleep 0.05;; *) break;; esac; done; "
+                   # (after the carrier: IPv6 set up on v1 as it came reset its MTU, a race seen in CI)
+                   "sysctl -qw net.ipv6.conf.v1.mtu=1300; ")
 _SHOW_SYSCTLS = ("nsenter -t 1 -n sh -c 'sysctl net.ipv6.conf.br0.disable_ipv6 net.ipv6.conf.v0.disable_ipv6 "
                  "net.ipv4.conf.v1.arp_ignore net.ipv4.neigh.v1.ucast_solicit net.ipv6.conf.v1.mtu; ip -br addr | sort'")
 
