@@ -50,6 +50,10 @@ PACKET_ADD_MEMBERSHIP = 1
 RING_OPTS = {"rx": 5, "tx": 13}   # PACKET_RX_RING, PACKET_TX_RING
 TPACKET_V3 = 2
 FANOUT_CBPF, FANOUT_EBPF, FANOUT_UNIQUEID = 6, 7, 0x2000
+# A ring's kernel memory (block_size x block_nr), at most: the kernel takes a block_size below 2 GiB
+# and any count of blocks, allocates them all at setsockopt and charges them to no memory cgroup,
+# so an image's geometry alone could make restore ask the kernel for terabytes.
+MAX_RING_BYTES = 1 << 30
 MR_TYPES = range(4)   # PACKET_MR_MULTICAST, _PROMISC, _ALLMULTI, _UNICAST
 SOCK_DIAG_BY_FAMILY = 20
 SHOW = 0x1 | 0x2 | 0x4 | 0x8   # PACKET_SHOW_INFO, _MCLIST, _RING_CFG, _FANOUT
@@ -284,6 +288,10 @@ def _check_extras(e: dict, what: str) -> None:
             not isinstance(v, list) or len(v) != 7 or any(type(x) is not int or not 0 <= x < 1 << 32 for x in v)
             for v in rings.values()):
         _fail(f"{what}: bad packet socket rings (rx, tx: seven 32-bit numbers each)")
+    big = next((n for n, g in rings.items() if g[0] * g[1] > MAX_RING_BYTES), None)
+    if big:
+        _fail(f"{what}: a packet socket's {big} ring of {rings[big][0] * rings[big][1]} bytes (block_size x "
+              f"block_nr): more than {MAX_RING_BYTES >> 20} MiB, not restored")
     mapped = e.get("mapped")
     if mapped is not None and not (rings and len(mapped) == 4 and mapped[0] in "r-" and mapped[1] in "w-"
                                    and mapped[2] == "-" and mapped[3] in "ps"):
