@@ -335,51 +335,71 @@ def _numeric(v: str) -> bool:
     return True
 
 
-def _addr_value(v, typ, fail) -> None:
-    """Every string of value `v` where `typ` (`_addr_typed`'s) says an address goes must be `_numeric`:
-    nft resolves any other (a host name: localhost) through this host's /etc/hosts, nsswitch, a resolver."""
-    if not any(typ) if type(typ) is list else not typ:
-        return
-    if type(v) is str:
+def _addr_check(fail):
+    """The check of a string where an address goes: `_numeric`, else `fail`: nft resolves any other
+    (a host name: localhost) through this host's /etc/hosts, nsswitch, a resolver."""
+    def check(v: str) -> None:
         if not _numeric(v):
             fail(f"address {v[:40]!r} is not numeric (an IPv4/IPv6 address, prefix or range): nft would resolve it "
                  "through this host's name service")
+    return check
+
+
+def _number_check(db: str, fail):
+    """The check of a string where `db` (`_looked_up`'s) says nft would look a name up: a set's
+    reference (@name) only; dump writes numbers there (`nft -j list ruleset`), a name would ask
+    this host's databases (LDAP, sssd)."""
+    def check(v: str) -> None:
+        if not v.startswith("@"):
+            fail(f"{v[:40]!r} is not a number: nft would look it up in this host's {db}")
+    return check
+
+
+def _value_strings(v, typ, check, keyed=_addr_typed) -> None:
+    """`check` every string of value `v` where `typ` (a bool, or one a part for a concatenation)
+    says one is checked: through lists, concatenations, prefixes, elements, sets, ranges, bitwise
+    operations and anonymous maps (their keys where `keyed` says so of the map's key expression)."""
+    if not any(typ) if type(typ) is list else not typ:
+        return
+    if type(v) is str:
+        check(v)
     elif type(v) is list:
         for x in v:
-            _addr_value(x, typ, fail)
+            _value_strings(x, typ, check, keyed)
     elif type(v) is dict and len(v) == 1:
         (k, x), = v.items()
         if k == "concat" and type(x) is list:
             parts = typ if type(typ) is list and len(typ) == len(x) else [any(typ) if type(typ) is list else typ] * len(x)
             for part, t in zip(x, parts):
-                _addr_value(part, t, fail)
+                _value_strings(part, t, check, keyed)
         elif k in ("prefix", "elem") and type(x) is dict:
-            _addr_value(x.get("addr" if k == "prefix" else "val"), typ, fail)
+            _value_strings(x.get("addr" if k == "prefix" else "val"), typ, check, keyed)
         elif k in ("set", "range", "&", "|", "^"):
-            _addr_value(x, typ, fail)
+            _value_strings(x, typ, check, keyed)
         elif k == "map" and type(x) is dict:
-            _map_entries(x.get("data"), _addr_typed(x.get("key")), typ, fail)
+            _map_entries(x.get("data"), keyed(x.get("key")), typ, check, keyed)
         # (any other expression, payload, meta, numgen..., gives its value as the packet passes)
 
 
-def _map_entries(entries, key, data, fail) -> None:
-    """A map's elements ([key, data] each; `key`, `data`: `_addr_typed`'s), `_addr_value`'s each."""
+def _map_entries(entries, key, data, check, keyed=_addr_typed) -> None:
+    """A map's elements ([key, data] each; `key`, `data`: `_value_strings`'s typ), `_value_strings`'s each."""
     if type(entries) is dict and set(entries) == {"set"}:
         entries = entries["set"]
     if type(entries) is not list:
-        _addr_value(entries, data, fail)
+        _value_strings(entries, data, check, keyed)
         return
     for e in entries:
         if type(e) is list and len(e) == 2:
-            _addr_value(e[0], key, fail)
-            _addr_value(e[1], data, fail)
+            _value_strings(e[0], key, check, keyed)
+            _value_strings(e[1], data, check, keyed)
         else:
-            _addr_value(e, key, fail)
+            _value_strings(e, key, check, keyed)
 
 
 def _addr_walk(v, named: dict, where: tuple, fail) -> None:
     """The address values of a rule's expressions `v` (a match's right side, a NAT's addr, a map's
-    or a named set's elements), `_addr_value`'s each; `named`: {(family, table, name): (key, data)}."""
+    or a named set's elements), each string where an address goes `_addr_check`ed, where a port, user
+    or group goes `_number_check`ed; `named`: {(family, table, name): (key, data)}."""
     if type(v) is list:
         for x in v:
             _addr_walk(x, named, where, fail)
@@ -391,16 +411,16 @@ def _addr_walk(v, named: dict, where: tuple, fail) -> None:
             _addr_walk(x, named, where, fail)
             continue
         if k == "match":
-            _addr_value(x.get("right"), _addr_typed(x.get("left")), fail)
+            _value_strings(x.get("right"), _addr_typed(x.get("left")), _addr_check(fail))
             _number_value(x.get("right"), _looked_up(x.get("left")), fail)
         elif k in ("dnat", "snat"):
-            _addr_value(x.get("addr"), True, fail)
+            _value_strings(x.get("addr"), True, _addr_check(fail))
         elif k in ("map", "vmap") and "key" in x:
-            _map_entries(x.get("data"), _addr_typed(x.get("key")), False, fail)
+            _map_entries(x.get("data"), _addr_typed(x.get("key")), False, _addr_check(fail))
         elif k in ("set", "map") and type(x.get(k)) is str:   # (a statement adding to a named one)
             key, data = named.get((*where, x[k].lstrip("@")), (False, False))
-            _addr_value(x.get("elem"), key, fail)
-            _addr_value(x.get("data"), data, fail)
+            _value_strings(x.get("elem"), key, _addr_check(fail))
+            _value_strings(x.get("data"), data, _addr_check(fail))
         _addr_walk(x, named, where, fail)
 
 
@@ -420,21 +440,8 @@ def _looked_up(expr) -> str | None:
 
 
 def _number_value(v, db: str | None, fail) -> None:
-    """No name in value `v` where `db` (`_looked_up`'s) says nft would look one up: dump writes
-    numbers there (`nft -j list ruleset`), a name would ask this host's databases (LDAP, sssd)."""
-    if db is None:
-        return
-    if type(v) is str and not v.startswith("@"):
-        fail(f"{v[:40]!r} is not a number: nft would look it up in this host's {db}")
-    elif type(v) is list:
-        for x in v:
-            _number_value(x, db, fail)
-    elif type(v) is dict and len(v) == 1:
-        (k, x), = v.items()
-        if k in ("set", "range"):
-            _number_value(x, db, fail)
-        elif k == "elem" and type(x) is dict:
-            _number_value(x.get("val"), db, fail)
+    """`_value_strings` of value `v` with `_number_check` where `db` (`_looked_up`'s) names a database."""
+    _value_strings(v, db is not None, db and _number_check(db, fail), lambda e: _looked_up(e) is not None)
 
 
 def _check_addrs(objs: list, fail) -> None:
@@ -449,8 +456,8 @@ def _check_addrs(objs: list, fail) -> None:
             if kind == "set" and type(body.get("type")) is str:   # (a named set of ports, users or groups)
                 _number_value(body.get("elem"), _NUMBER_TYPES.get(body["type"]), what)
             key, data = named[(body.get("family"), body.get("table"), body.get("name"))]
-            (_map_entries if kind == "map" else _addr_value)(body.get("elem"), key, *([data] if kind == "map" else []),
-                                                             what)
+            (_map_entries if kind == "map" else _value_strings)(body.get("elem"), key,
+                                                                *([data] if kind == "map" else []), _addr_check(what))
         elif kind == "rule":
             _addr_walk(body.get("expr"), named, (body.get("family"), body.get("table")), what)
 
