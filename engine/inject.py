@@ -220,12 +220,10 @@ def in_vfork(pid: int) -> bool:
     """Whether `pid` waits in vfork(2) (or clone, clone3 with CLONE_VFORK) for its child to exec or
     exit: an uninterruptible wait (D) in which no call can be run in it, which may last (a child
     that neither execs nor exits). False when it cannot tell (x86-64 only: its syscall numbers)."""
-    if not SUPPORTED:
+    from engine import threads
+    if not SUPPORTED or threads.task_state(str(pid)) != "D":
         return False
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] != b"D":
-                return False
         with open(f"/proc/{pid}/syscall") as f:
             words = f.read().split()
         nr, arg = int(words[0]), int(words[1], 16)
@@ -240,13 +238,14 @@ def in_vfork(pid: int) -> bool:
 
 def _check_state(pid: int) -> bytes:
     """Refuse (InjectError) a process no call may be run in; else its state (b"S", b"R", b"T")."""
-    from engine import kernel
+    from engine import kernel, threads
     if not SUPPORTED:
         raise InjectError(errno.ENOSYS, "running a call in another process is done on x86-64 only, "
                                         f"not {os.uname().machine}")
+    state = threads.task_state(str(pid)).encode()
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
+        if not state:
+            raise OSError(errno.ESRCH, "gone")
         status = kernel.proc_status(pid, {"TracerPid", "Seccomp"})
     except OSError:
         raise InjectError(errno.ESRCH, f"process {pid} is gone") from None
