@@ -225,7 +225,7 @@ def can_become_exe() -> bool:
 
 def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None, keep: list,
              threads: list = (), filters: list | None = None, pdeathsig: int = 0, blocked: int = 0,
-             timers: tuple = ((), (), True), fixups: list | None = None, nproc: dict | None = None) -> list[tuple]:
+             timers: tuple = ((), (), True), fixups: list | None = None, late_limits: dict | None = None) -> list[tuple]:
     """The system calls of become_exe as lastword.ENTRY tuples; `keep` holds the buffers they point at.
 
     Unmap the interpreter's executable (the kernel refuses a new exe while the old one is mapped),
@@ -240,7 +240,7 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     `blocked`: our mask, given back after a thread's own); then the POSIX timers that notify them
     (`timers`: (made after them, made before, ids restorable), engine/posixtimers.py `steps`:
     (array, index, step) into `fixups` for a word to point at that step's first argument once
-    the program has its place); the resource limits `nproc` ({NAME: [soft, hard]}) when given;
+    the program has its place); the resource limits `late_limits` ({NAME: [soft, hard]}) when given;
     then seccomp `filters` on every thread (engine/seccomp.py `steps`)."""
     prog = [(11, a, n, 0, 0, 0, 0, 1, 0) for a, n in regions]
     prog.append((157, 35, 14, ctypes.addressof(mm_buf), len(mm_buf.raw), 0, 0, 1, 0))
@@ -273,8 +273,8 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     if fixups is not None:
         fixups += [(arr, at, len(prog) + i) for arr, at, i in relocs]
     prog += tsteps
-    if nproc:
-        prog += threadsteps.late_steps(nproc, keep)   # (after the threads: engine/threads.py `limits_before`)
+    if late_limits:
+        prog += threadsteps.late_steps(late_limits, keep)   # (after the threads: engine/threads.py `limits_before`)
     if filters:
         prog += seccomp.steps(filters, keep)   # (last, on every thread: engine/seccomp.py `late`)
     return prog
@@ -282,7 +282,7 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
 
 def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None,
                threads: list = (), filters: list | None = None, pdeathsig: int = 0, blocked: int = 0,
-               timers: tuple = ((), (), True), nproc: dict | None = None, args: tuple | None = None) -> bool:
+               timers: tuple = ((), (), True), late_limits: dict | None = None, args: tuple | None = None) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
     gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
     `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread for each
@@ -307,7 +307,7 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
     keep: list = []
     fixups: list = []
     prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads, filters, pdeathsig, blocked, timers, fixups,
-                    nproc)
+                    late_limits)
     status = ctypes.create_string_buffer(16)
     mask = (1 << 64) - 1
     args = struct.pack("=QQQ", len(prog), report_fd, ctypes.addressof(status)) \

@@ -317,7 +317,7 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
             caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
-            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, nproc: dict | None = None,
+            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, late_limits: dict | None = None,
             args: tuple | None = None) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
     (`ignored`, a mask) and block those it blocked (`blocked`: its threads, made after, copy it),
@@ -326,7 +326,7 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     environ) bytes, engine/procargs.py), become the executable, take the ids and the capabilities and
     then the parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
     threads (`threads`: (name, own mask or None) each; made last, they copy what we took), then the
-    POSIX timers that notify them (engine/posixtimers.py `split`) and the resource limits `nproc`
+    POSIX timers that notify them (engine/posixtimers.py `split`) and the resource limits `late_limits`
     ({NAME: [soft, hard]}) when given (engine/threads.py `limits_before`), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
@@ -343,7 +343,7 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         shown = procargs.take(*args) if args else None
         # (become_exe does not return when it can)
         if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters,
-                                                          pdeathsig, blocked, (late, made, restore_ids), nproc,
+                                                          pdeathsig, blocked, (late, made, restore_ids), late_limits,
                                                           shown):
             os.close(exe_fd)
         if ids:
@@ -355,8 +355,8 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         tids = threadsteps.start(threads, blocked)
         if late:
             posixtimers.make(list(late), [os.getpid()] + tids)
-        if nproc:
-            kernel.set_rlimits(nproc)
+        if late_limits:
+            kernel.set_rlimits(late_limits)
         if filters:
             seccomp.install(filters, tsync=True)   # (the very last: engine/seccomp.py `late`)
     except OSError as e:
@@ -686,11 +686,11 @@ class _Server:
             thp.take()   # (its mm's: the threads share it, an exec keeps it)
         if bits.get("child_subreaper"):
             _subreaper(True)   # (after its children were made: their makers were the restore's)
-        nproc = None
+        late_limits = None
         if bits.get("rlimits"):
             # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost;
             # an NPROC, DATA or AS below ours taken once the threads are made)
-            limits, nproc = threadsteps.limits_before(bits["rlimits"])
+            limits, late_limits = threadsteps.limits_before(bits["rlimits"])
             kernel.set_rlimits(limits)
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
@@ -705,6 +705,6 @@ class _Server:
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
                 self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0),
-                {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits}, nproc,
+                {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits}, late_limits,
                 tuple(self.args) if bits.get("args") == procargs.SENT else bits.get("args"))
         return None

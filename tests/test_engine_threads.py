@@ -130,7 +130,7 @@ def test_an_nproc_of_0_is_taken_after_the_threads():
         assert late == {"NPROC": [0, 0]} and early["NPROC"] != [0, 0], (early, late)
         kernel.set_rlimits(early)
         fd = os.open("/bin/true", os.O_RDONLY)
-        mappings.become_exe(fd, w, ([54321] * 4, [54321] * 4, [], True, False), None, ["t"], nproc=late)
+        mappings.become_exe(fd, w, ([54321] * 4, [54321] * 4, [], True, False), None, ["t"], late_limits=late)
 
     def look(pid):
         with open(f"/proc/{pid}/limits") as f:
