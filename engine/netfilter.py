@@ -87,7 +87,8 @@ mode mod symhash jhash seed stmt | & ^ << >> != == < > <= >= in
 # (the expressions and set types whose values are IP addresses: a name there is resolved by nft)
 _ADDR_FIELDS = {("ip", "saddr"), ("ip", "daddr"), ("ip6", "saddr"), ("ip6", "daddr"), ("arp", "saddr ip"), ("arp", "daddr ip")}
 _ADDR_TYPES = ("ipv4_addr", "ipv6_addr")
-_NUMBER_TYPES = {"inet_service": "/etc/services", "uid": "passwd", "gid": "group"}   # (see _looked_up)
+_SERVICES = "/etc/services"
+_NUMBER_TYPES = {"inet_service": _SERVICES, "uid": "passwd", "gid": "group"}   # (see _looked_up)
 _NAME = rx.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 _TEXT = rx.compile(r"^[\x20-\x7e]*\Z")
 # iptables-save text: the options, matches and targets of the rules it writes that act in the namespace
@@ -104,7 +105,9 @@ _XT_ADDR_OPTS = ("-s", "-d", "--ctorigsrc", "--ctorigdst", "--ctreplsrc", "--ctr
 # (options whose value the -restore tools look up by name in this host's databases: a port in
 # /etc/services, a user or group through nsswitch; iptables-save writes numbers)
 _XT_NUMBER_OPTS = {"--dport": "/etc/services", "--sport": "/etc/services", "--dports": "/etc/services",
-                   "--sports": "/etc/services", "--uid-owner": "passwd", "--gid-owner": "group"}
+                   "--sports": "/etc/services", "--uid-owner": "passwd", "--gid-owner": "group",
+                   "--to-ports": "/etc/services"}
+_XT_NAT_TO = ("--to-destination", "--to-source")   # ([ADDR[-ADDR]][:PORT[-PORT]]: its ports looked up too)
 _XT_NUMBER = rx.compile(r"^!?[0-9]{1,10}(?:[:,-][0-9]{1,10}){0,15}\Z")
 _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport mark addrtype limit owner iprange mac "
                         "pkttype length ttl hl".split())
@@ -322,6 +325,13 @@ def _type_typed(t):
     return [x in _ADDR_TYPES for x in t] if type(t) is list else t in _ADDR_TYPES
 
 
+def _type_db(t):
+    """The host database nft looks a name up in for a named set's or map's `type` (or a map's data
+    type): `_NUMBER_TYPES`', None, or a list (one a part of a concatenation)."""
+    one = lambda x: _NUMBER_TYPES.get(x) if type(x) is str else None   # noqa: E731
+    return [one(x) for x in t] if type(t) is list else one(t)
+
+
 def _numeric(v: str) -> bool:
     """Whether string `v` is an IPv4/IPv6 literal, prefix (a/len) or range (a-b), or a set's reference (@name):
     what nft parses without the host's name service."""
@@ -338,19 +348,20 @@ def _numeric(v: str) -> bool:
 def _addr_check(fail):
     """The check of a string where an address goes: `_numeric`, else `fail`: nft resolves any other
     (a host name: localhost) through this host's /etc/hosts, nsswitch, a resolver."""
-    def check(v: str) -> None:
+    def check(v: str, _typ) -> None:
         if not _numeric(v):
             fail(f"address {v[:40]!r} is not numeric (an IPv4/IPv6 address, prefix or range): nft would resolve it "
                  "through this host's name service")
     return check
 
 
-def _number_check(db: str, fail):
-    """The check of a string where `db` (`_looked_up`'s) says nft would look a name up: a set's
-    reference (@name) only; dump writes numbers there (`nft -j list ruleset`), a name would ask
-    this host's databases (LDAP, sssd)."""
-    def check(v: str) -> None:
-        if not v.startswith("@"):
+def _number_check(fail):
+    """The check of a string where a database (`_looked_up`'s, the walk's typ there) says nft would
+    look a name up: a set's reference (@name) only; dump writes numbers there (`nft -j list
+    ruleset`), a name would ask this host's databases (LDAP, sssd)."""
+    def check(v: str, db) -> None:
+        # (a bare string where a concatenation goes: nft refuses its type before it parses a name)
+        if type(db) is not list and not v.startswith("@"):
             fail(f"{v[:40]!r} is not a number: nft would look it up in this host's {db}")
     return check
 
@@ -362,15 +373,15 @@ def _value_strings(v, typ, check, keyed=_addr_typed) -> None:
     if not any(typ) if type(typ) is list else not typ:
         return
     if type(v) is str:
-        check(v)
+        check(v, typ)
     elif type(v) is list:
         for x in v:
             _value_strings(x, typ, check, keyed)
     elif type(v) is dict and len(v) == 1:
         (k, x), = v.items()
         if k == "concat" and type(x) is list:
-            parts = typ if type(typ) is list and len(typ) == len(x) else [any(typ) if type(typ) is list else typ] * len(x)
-            for part, t in zip(x, parts):
+            one = next((t for t in typ if t), False) if type(typ) is list else typ
+            for part, t in zip(x, typ if type(typ) is list and len(typ) == len(x) else [one] * len(x)):
                 _value_strings(part, t, check, keyed)
         elif k in ("prefix", "elem") and type(x) is dict:
             _value_strings(x.get("addr" if k == "prefix" else "val"), typ, check, keyed)
@@ -396,10 +407,23 @@ def _map_entries(entries, key, data, check, keyed=_addr_typed) -> None:
             _value_strings(e, key, check, keyed)
 
 
+def _checked(v, addr, db, fail) -> None:
+    """Value `v` where `addr` (`_addr_typed`'s) says an address goes, `_addr_check`ed, and where
+    `db` (`_looked_up`'s) says a port, user or group goes, `_number_check`ed."""
+    _value_strings(v, addr, _addr_check(fail), _addr_typed)
+    _value_strings(v, db, _number_check(fail), _looked_up)
+
+
+def _map_checked(entries, key: tuple, data: tuple, fail) -> None:
+    """A map's elements, `key` and `data` each (address typ, database typ): `_checked`'s."""
+    _map_entries(entries, key[0], data[0], _addr_check(fail), _addr_typed)
+    _map_entries(entries, key[1], data[1], _number_check(fail), _looked_up)
+
+
 def _addr_walk(v, named: dict, where: tuple, fail) -> None:
-    """The address values of a rule's expressions `v` (a match's right side, a NAT's addr, a map's
-    or a named set's elements), each string where an address goes `_addr_check`ed, where a port, user
-    or group goes `_number_check`ed; `named`: {(family, table, name): (key, data)}."""
+    """The values of a rule's expressions `v` (a match's right side, a NAT's addr and port, a map's
+    or a named set's elements), `_checked`'s each; `named`: {(family, table, name): (key, data)},
+    each an (address typ, database typ)."""
     if type(v) is list:
         for x in v:
             _addr_walk(x, named, where, fail)
@@ -411,16 +435,16 @@ def _addr_walk(v, named: dict, where: tuple, fail) -> None:
             _addr_walk(x, named, where, fail)
             continue
         if k == "match":
-            _value_strings(x.get("right"), _addr_typed(x.get("left")), _addr_check(fail))
-            _number_value(x.get("right"), _looked_up(x.get("left")), fail)
-        elif k in ("dnat", "snat"):
-            _value_strings(x.get("addr"), True, _addr_check(fail))
+            _checked(x.get("right"), _addr_typed(x.get("left")), _looked_up(x.get("left")), fail)
+        elif k in ("dnat", "snat", "redirect", "masquerade"):
+            _checked(x.get("addr"), k in ("dnat", "snat"), None, fail)
+            _checked(x.get("port"), False, _SERVICES, fail)
         elif k in ("map", "vmap") and "key" in x:
-            _map_entries(x.get("data"), _addr_typed(x.get("key")), False, _addr_check(fail))
+            _map_checked(x.get("data"), (_addr_typed(x.get("key")), _looked_up(x.get("key"))), (False, None), fail)
         elif k in ("set", "map") and type(x.get(k)) is str:   # (a statement adding to a named one)
-            key, data = named.get((*where, x[k].lstrip("@")), (False, False))
-            _value_strings(x.get("elem"), key, _addr_check(fail))
-            _value_strings(x.get("data"), data, _addr_check(fail))
+            key, data = named.get((*where, x[k].lstrip("@")), ((False, None), (False, None)))
+            _checked(x.get("elem"), *key, fail)
+            _checked(x.get("data"), *data, fail)
         _addr_walk(x, named, where, fail)
 
 
@@ -430,34 +454,36 @@ def _looked_up(expr) -> str | None:
     if type(expr) is not dict or len(expr) != 1:
         return None
     (k, v), = expr.items()
+    if k == "concat" and type(v) is list:
+        return [d if type(d) is str else None for d in map(_looked_up, v)]
+    if k in ("&", "|", "^") and type(v) is list and v:
+        return _looked_up(v[0])
     if type(v) is not dict:
         return None
-    if k == "payload" and v.get("field") in ("sport", "dport"):
-        return "/etc/services"
+    if k == "payload" and v.get("field") in ("sport", "dport") or \
+            k == "ct" and str(v.get("key")).split(" ")[-1] in ("proto-src", "proto-dst"):
+        return _SERVICES
     if k == "meta" and v.get("key") in ("skuid", "skgid"):
         return "passwd" if v["key"] == "skuid" else "group"
     return None
 
 
-def _number_value(v, db: str | None, fail) -> None:
-    """`_value_strings` of value `v` with `_number_check` where `db` (`_looked_up`'s) names a database."""
-    _value_strings(v, db is not None, db and _number_check(db, fail), lambda e: _looked_up(e) is not None)
-
-
 def _check_addrs(objs: list, fail) -> None:
-    """No host name where nft expects an IP address, in named sets and maps and in rules (dump lists
-    them numeric: `nft -j list ruleset` resolves nothing without -N)."""
-    named = {(b.get("family"), b.get("table"), b.get("name")): (_type_typed(b.get("type")), _type_typed(b.get("map")))
+    """No host name where nft expects an IP address, no name where it expects a port, user or group,
+    in named sets and maps and in rules (dump lists them numeric: `nft -j list ruleset` resolves
+    nothing without -N and writes numbers)."""
+    named = {(b.get("family"), b.get("table"), b.get("name")): ((_type_typed(b.get("type")), _type_db(b.get("type"))),
+                                                                (_type_typed(b.get("map")), _type_db(b.get("map"))))
              for o in objs for k, b in o.items() if k in ("set", "map")}
     for o in objs:
         (kind, body), = o.items()
         what = lambda m: fail(f"nft {kind} {body.get('name', body.get('chain'))!r}: {m}")   # noqa: E731
         if kind in ("set", "map"):
-            if kind == "set" and type(body.get("type")) is str:   # (a named set of ports, users or groups)
-                _number_value(body.get("elem"), _NUMBER_TYPES.get(body["type"]), what)
             key, data = named[(body.get("family"), body.get("table"), body.get("name"))]
-            (_map_entries if kind == "map" else _value_strings)(body.get("elem"), key,
-                                                                *([data] if kind == "map" else []), _addr_check(what))
+            if kind == "map":
+                _map_checked(body.get("elem"), key, data, what)
+            else:
+                _checked(body.get("elem"), *key, what)
         elif kind == "rule":
             _addr_walk(body.get("expr"), named, (body.get("family"), body.get("table")), what)
 
@@ -502,9 +528,28 @@ def _check_rule(words: list[str], line: str, chains: set[str], tool: str, fail) 
         if prev in _XT_NUMBER_OPTS and not _XT_NUMBER.match(w):
             fail(f"{tool}: {prev} {w[:40]!r} is not a number: the -restore tools would look it up in this "
                  f"host's {_XT_NUMBER_OPTS[prev]}")
+        if prev in _XT_NAT_TO and not _xt_nat_to(w):
+            fail(f"{tool}: {prev} {w[:40]!r} is not numeric ([ADDR[-ADDR]][:PORT[-PORT]]): the -restore tools "
+                 "would look a port's name up in this host's /etc/services")
         if prev in _XT_ADDR_OPTS and (w.startswith("@") or not _numeric(w)):
             # (the -restore tools resolve a host name there through this host's name service)
             fail(f"{tool}: {prev} address {w[:40]!r} is not numeric (an IPv4/IPv6 address or prefix)")
+
+
+def _xt_nat_to(w: str) -> bool:
+    """Whether the value of a NAT target's --to-destination or --to-source is numeric: [ADDR[-ADDR]]
+    (`_numeric`'s, IPv6 ones in brackets when ports follow), then [:PORT[-PORT[/PORT]]] in digits."""
+    if w.startswith("["):
+        addrs, _, ports = w.rpartition("]:") if "]:" in w else (w, "", "")
+        addrs = addrs.replace("[", "").replace("]", "")
+    elif w.count(":") > 1:
+        addrs, ports = w, ""
+    else:
+        addrs, _, ports = w.partition(":")
+    span, _, base = ports.partition("/")
+    digits = [x for x in span.split("-", 1) + ([base] if base else []) if ports]
+    return (not addrs or not addrs.startswith("@") and _numeric(addrs)) and \
+        all(x.isdigit() and len(x) <= 5 for x in digits)
 
 
 def check_one(kept, what: str, links: set[str], fail) -> None:

@@ -184,7 +184,8 @@ _GOOD = {"nft": [{"table": {"family": "inet", "name": "t"}},
                                                "right": 82}}, {"drop": None}]}}],
          "iptables": "*nat\n:OUTPUT ACCEPT [0:0]\n:X - [0:0]\n-A OUTPUT -s 10.0.0.0/8 ! -d ::1/128 -d 10.0.0.0/255.0.0.0 "
                      "-m conntrack --ctorigdst 127.0.0.11 -j X\n-A OUTPUT -p tcp -m tcp --dport 80 -j REDIRECT "
-                     "--to-ports 8080\n-A OUTPUT -m comment --comment \"a b\" -j X\nCOMMIT\n"}
+                     "--to-ports 8080\n-A OUTPUT -p tcp -j DNAT --to-destination 10.0.0.1-10.0.0.3:1000-2000\n"
+                     "-A OUTPUT -m comment --comment \"a b\" -j X\nCOMMIT\n"}
 
 
 def _rule(expr):
@@ -192,6 +193,7 @@ def _rule(expr):
 
 
 _SADDR = {"payload": {"protocol": "ip", "field": "saddr"}}
+_DPORT = {"payload": {"protocol": "tcp", "field": "dport"}}
 
 
 def _match(left, right):
@@ -215,6 +217,9 @@ _NUMERIC = [
            {"dnat": {"family": "ip", "addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}},
                                                       "data": {"set": [[0, "10.0.0.1"], [1, "10.0.0.2"]]}}}}}]),
     _rule([{"snat": {"family": "ip", "addr": "10.9.9.9"}}]),
+    _rule([{"dnat": {"family": "ip", "addr": "10.0.0.1", "port": 22}},
+           {"vmap": {"key": _DPORT, "data": {"set": [[22, {"accept": None}], [{"range": [80, 88]}, {"drop": None}]]}}},
+           {"redirect": {"port": {"map": {"key": _DPORT, "data": {"set": [[80, 8080]]}}}}}]),
 ]
 
 
@@ -319,6 +324,34 @@ def test_validator_numeric_addresses_pass():
      r"iptables: --uid-owner 'root' is not a number: the -restore tools would look it up in this host's passwd"),
     (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-p tcp -m tcp --dport ssh -j X")),
      r"iptables: --dport 'ssh' is not a number"),
+    # (session 28's review: every other place nft or the -restore tools take a port, user or group)
+    (lambda k: k["nft"].append(_rule([{"vmap": {"key": _DPORT, "data": {"set": [["ssh", {"accept": None}]]}}}])),
+     r"nft rule 'c': 'ssh' is not a number: nft would look it up in this host's /etc/services"),
+    (lambda k: k["nft"].append({"map": {"family": "inet", "table": "t", "name": "m", "type": "inet_service",
+                                        "map": "verdict", "elem": [["ftp", {"accept": None}]]}}),
+     r"nft map 'm': 'ftp' is not a number"),
+    (lambda k: k["nft"].append({"map": {"family": "inet", "table": "t", "name": "m", "type": "ipv4_addr",
+                                        "map": "inet_service", "elem": [["10.0.0.1", "ssh"]]}}),
+     r"nft map 'm': 'ssh' is not a number"),
+    (lambda k: k["nft"].append({"set": {"family": "inet", "table": "t", "name": "s", "type": ["ipv4_addr", "uid"],
+                                        "elem": [{"concat": ["10.0.0.1", "root"]}]}}),
+     r"nft set 's': 'root' is not a number: nft would look it up in this host's passwd"),
+    (lambda k: k["nft"].extend([{"set": {"family": "inet", "table": "t", "name": "p", "type": "inet_service"}},
+                                _rule([{"set": {"op": "add", "elem": "ssh", "set": "@p"}}])]),
+     r"'ssh' is not a number"),
+    (lambda k: k["nft"].append(_rule([_match({"concat": [_SADDR, _DPORT]}, {"set": [{"concat": ["10.0.0.1", "ssh"]}]})])),
+     r"'ssh' is not a number"),
+    (lambda k: k["nft"].append(_rule([{"dnat": {"family": "ip", "addr": "10.0.0.1", "port": "ssh"}}])),
+     r"'ssh' is not a number"),
+    (lambda k: k["nft"].append(_rule([{"redirect": {"port": {"range": [1, "smtp"]}}}])), r"'smtp' is not a number"),
+    (lambda k: k["nft"].append(_rule([_match({"ct": {"key": "proto-dst", "dir": "original"}}, "http")])),
+     r"'http' is not a number"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-p tcp -j REDIRECT --to-ports ssh")),
+     r"iptables: --to-ports 'ssh' is not a number"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-p tcp -j DNAT --to-destination 10.0.0.1:ssh")),
+     r"iptables: --to-destination '10.0.0.1:ssh' is not numeric .*this host's /etc/services"),
+    (lambda k: k.update(ip6tables=k["iptables"].replace("-j X", "-p tcp -j SNAT --to-source [::1]:http")),
+     r"ip6tables: --to-source '\[::1\]:http' is not numeric"),
 ])
 def test_validator(mut, pattern):
     """Each hostile ruleset is refused by the image's rule, one line naming what; the good one passes."""
