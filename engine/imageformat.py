@@ -2016,12 +2016,15 @@ def _check_shm_attachments(doc: dict) -> None:
 
 def _check_net(doc: dict) -> None:
     """The network namespaces' sysctls and devices (`_check_netvars`), the tun fds attached to those
-    devices (engine/tundev.py)."""
+    devices (engine/tundev.py), the packet sockets' rings together (engine/fds/packet.py)."""
     if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc or "netfilter" in doc:
         _check_netvars(doc)
     if any(f.get("kind") == "tun" and "dev" in f for p in doc["processes"] for f in p["fds"]):
         from engine import tundev
         tundev.check_attached(doc, _net_made(doc), _fail)
+    if any(f.get("kind") == "packet" and f.get("rings") for p in doc["processes"] for f in p["fds"]):
+        from engine.fds import packet
+        packet.check_total(doc, _fail)
 
 
 def _net_made(doc: dict) -> set[str]:

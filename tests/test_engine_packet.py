@@ -160,7 +160,38 @@ def test_packet_image_checked(case):
         change(next(f for f in doc["processes"][0]["fds"] if f["fd"] == 10))
         with pytest.raises(image.ImageError, match=text):
             imageformat.validate(doc)
+    doc = load_manifest(img)   # (three sockets, each 2 GiB of rings: each ring passes, together 6 GiB do not)
+    for f in doc["processes"][0]["fds"]:
+        if f.get("kind") == "packet":
+            f["rings"] = {"rx": [1 << 22, 256, 1 << 22, 256, 0, 0, 0], "tx": [1 << 22, 256, 1 << 22, 256, 0, 0, 0]}
+    with pytest.raises(image.ImageError, match=r"the image's packet sockets' rings take 6442450944 bytes: more than "
+                                               r"restore makes \(4096 MiB in all\)"):
+        imageformat.validate(doc)
     doc = load_manifest(img)
     doc["processes"][0]["host_ns"] = sorted(set(doc["processes"][0].get("host_ns", [])) | {"net"})
     with pytest.raises(image.ImageError, match="restorer's own network namespace"):
         imageformat.validate(doc)
+
+
+def test_packet_rings_too_big_refused_at_dump():
+    """Dump (and its check before the stop) refuses a ring past what the validator takes, and rings
+    past the tree's bound together (each socket once), without mapping them (engine/fds/packet.py
+    `read`, `MAX_RING_BYTES`, `MAX_RINGS_BYTES`): it read them through a mapping of their whole size."""
+    import os
+    import types
+    from engine.fds import FdError, packet
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+    except PermissionError:
+        pytest.skip("a packet socket needs CAP_NET_RAW")
+    with s:
+        d = types.SimpleNamespace(where="fd 10", pid=os.getpid(), scratch={})
+        rec = {"rings": {"rx": [1 << 30, 2, 1 << 30, 2, 0, 0, 0]}, "ifindex": 0, "uid": None, "mclist": []}
+        with pytest.raises(FdError, match=r"fd 10: a packet socket's rx ring of 2147483648 bytes \(block_size x "
+                                          r"block_nr\): more than 1024 MiB: more than restore makes"):
+            packet.read(d, s, rec)
+        d.scratch["packet-ring-bytes"] = {1: 3 << 30, 2: 1 << 30}   # (two others, 4 GiB: the bound reached)
+        rec["rings"] = {"tx": [4096, 1, 4096, 1, 0, 0, 0]}
+        with pytest.raises(FdError, match=r"fd 10: the tree's packet sockets' rings take 4294971392 bytes: more "
+                                          r"than restore makes \(4096 MiB in all\)"):
+            packet.read(d, s, rec)

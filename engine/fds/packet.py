@@ -50,10 +50,12 @@ PACKET_ADD_MEMBERSHIP = 1
 RING_OPTS = {"rx": 5, "tx": 13}   # PACKET_RX_RING, PACKET_TX_RING
 TPACKET_V3 = 2
 FANOUT_CBPF, FANOUT_EBPF, FANOUT_UNIQUEID = 6, 7, 0x2000
-# A ring's kernel memory (block_size x block_nr), at most: the kernel takes a block_size below 2 GiB
-# and any count of blocks, allocates them all at setsockopt and charges them to no memory cgroup,
-# so an image's geometry alone could make restore ask the kernel for terabytes.
+# A ring's kernel memory (block_size x block_nr), at most, and the image's rings' together (each
+# socket once): the kernel takes a block_size below 2 GiB and any count of blocks, allocates them
+# all at setsockopt and charges them to no memory cgroup, so an image's geometry alone (a few
+# numbers) could make restore ask the kernel for terabytes. Dump refuses more before the stop.
 MAX_RING_BYTES = 1 << 30
+MAX_RINGS_BYTES = 4 << 30
 MR_TYPES = range(4)   # PACKET_MR_MULTICAST, _PROMISC, _ALLMULTI, _UNICAST
 SOCK_DIAG_BY_FAMILY = 20
 SHOW = 0x1 | 0x2 | 0x4 | 0x8   # PACKET_SHOW_INFO, _MCLIST, _RING_CFG, _FANOUT
@@ -117,6 +119,10 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     if rec is None:
         raise FdError(errno.EOPNOTSUPP, f"{where}: sock_diag does not list this packet socket (packet_diag not in "
                                         "the kernel?): not supported")
+    if _too_big(rec["rings"]):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {_too_big(rec['rings'])}: more than restore makes")
+    if rec["rings"]:
+        _count_rings(d, os.fstat(s.fileno()).st_ino, rec["rings"])
     mapped = _mapped(d, os.fstat(s.fileno()).st_ino, rec["rings"]) if rec["rings"] else None
     waiting = _ring_waiting(s, rec["rings"]) if rec["rings"] else None
     if waiting:
@@ -168,6 +174,34 @@ def _ring_bytes(rings: dict) -> int:
     """The bytes a socket's rings (`rings`: {"rx"|"tx": geometry}) take in one mapping, rx then tx:
     block_size x block_nr each."""
     return sum(g[0] * g[1] for g in rings.values())
+
+
+def _too_big(rings: dict) -> str | None:
+    """What is too big in `rings` ({"rx"|"tx": geometry}): a ring past MAX_RING_BYTES; or None."""
+    big = next((n for n, g in rings.items() if g[0] * g[1] > MAX_RING_BYTES), None)
+    if big is None:
+        return None
+    return (f"a packet socket's {big} ring of {rings[big][0] * rings[big][1]} bytes (block_size x block_nr): "
+            f"more than {MAX_RING_BYTES >> 20} MiB")
+
+
+def _count_rings(d, ino: int, rings: dict) -> None:
+    """Add socket `ino`'s rings to the tree's (d.scratch, each socket once): FdError past MAX_RINGS_BYTES."""
+    seen = d.scratch.setdefault("packet-ring-bytes", {})
+    seen[ino] = _ring_bytes(rings)
+    if sum(seen.values()) > MAX_RINGS_BYTES:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: the tree's packet sockets' rings take {sum(seen.values())} "
+                                        f"bytes: more than restore makes ({MAX_RINGS_BYTES >> 20} MiB in all)")
+
+
+def check_total(doc: dict, fail) -> None:
+    """The image's packet rings together (each socket once: fds of one description `desc` are one) at
+    most MAX_RINGS_BYTES."""
+    seen = {f.get("desc") or (p["pid"], f["fd"]): _ring_bytes(f["rings"]) for p in doc["processes"]
+            for f in p["fds"] if f.get("kind") == "packet" and f.get("rings")}
+    if sum(seen.values()) > MAX_RINGS_BYTES:
+        fail(f"the image's packet sockets' rings take {sum(seen.values())} bytes: more than restore makes "
+             f"({MAX_RINGS_BYTES >> 20} MiB in all)")
 
 
 def _ring_waiting(s: socket.socket, rings: dict) -> str | None:
@@ -288,10 +322,8 @@ def _check_extras(e: dict, what: str) -> None:
             not isinstance(v, list) or len(v) != 7 or any(type(x) is not int or not 0 <= x < 1 << 32 for x in v)
             for v in rings.values()):
         _fail(f"{what}: bad packet socket rings (rx, tx: seven 32-bit numbers each)")
-    big = next((n for n, g in rings.items() if g[0] * g[1] > MAX_RING_BYTES), None)
-    if big:
-        _fail(f"{what}: a packet socket's {big} ring of {rings[big][0] * rings[big][1]} bytes (block_size x "
-              f"block_nr): more than {MAX_RING_BYTES >> 20} MiB, not restored")
+    if _too_big(rings):
+        _fail(f"{what}: {_too_big(rings)}, not restored")
     mapped = e.get("mapped")
     if mapped is not None and not (rings and len(mapped) == 4 and mapped[0] in "r-" and mapped[1] in "w-"
                                    and mapped[2] == "-" and mapped[3] in "ps"):
