@@ -79,8 +79,11 @@ _DPORT = {"payload": {"protocol": "tcp", "field": "dport"}}
     (lambda d: d.update(netfilter={_net(d): {"iptables": "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp -j DNAT "
                                                          "--to-destination 10.0.0.1:ssh\nCOMMIT\n"}}),
      r"iptables: --to-destination '10.0.0.1:ssh' is not numeric"),
+    # (the fds of one socket disagree: the program's own fd with 2 GiB, its dup2 copy 8 MiB)
+    (lambda d: [_ring(f, 1 << 30 if f["fd"] < 10 else 1 << 22, ("rx", "tx")) for f in _packets(d)],
+     r"the image's packet sockets' rings take 6442450944 bytes"),
 ], ids=["ring-1TiB", "rings-together", "nft-dnat-port", "nft-vmap-dport", "nft-map-inet_service",
-        "iptables-dnat-port"])
+        "iptables-dnat-port", "rings-together-fds-disagree"])
 def test_refused(image_dir, tmp_path, mutate, pattern):
     """Each hostile change is refused in one line, nothing left behind, the image unchanged."""
     refused(_mutated(image_dir, tmp_path, mutate), pattern, tmp_path)

@@ -195,10 +195,14 @@ def _count_rings(d, ino: int, rings: dict) -> None:
 
 
 def check_total(doc: dict, fail) -> None:
-    """The image's packet rings together (each socket once: fds of one description `desc` are one) at
-    most MAX_RINGS_BYTES."""
-    seen = {f.get("desc") or (p["pid"], f["fd"]): _ring_bytes(f["rings"]) for p in doc["processes"]
-            for f in p["fds"] if f.get("kind") == "packet" and f.get("rings")}
+    """The image's packet rings together (each socket once: fds of one description `desc` are one,
+    counted as the largest of them, whichever restore makes it from) at most MAX_RINGS_BYTES."""
+    seen: dict = {}
+    for p in doc["processes"]:
+        for f in p["fds"]:
+            if f.get("kind") == "packet" and f.get("rings"):
+                key = f.get("desc") or (p["pid"], f["fd"])
+                seen[key] = max(seen.get(key, 0), _ring_bytes(f["rings"]))
     if sum(seen.values()) > MAX_RINGS_BYTES:
         fail(f"the image's packet sockets' rings take {sum(seen.values())} bytes: more than restore makes "
              f"({MAX_RINGS_BYTES >> 20} MiB in all)")
