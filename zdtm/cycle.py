@@ -82,14 +82,15 @@ def _check_golden(scenario, output: str, workdir: str, update: bool) -> None:
 
 
 def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None,
-        update_golden: bool = False, timings: dict | None = None, watch=None) -> Outcome:
+        update_golden: bool = False, timings: dict | None = None, watch=None, pause: float = 0.0) -> Outcome:
     """Run `iters` dump/restore iterations on `running`; see the module docstring.
 
     `update_golden`: write the check's output before dump as the scenario's golden
     output (zdtm/golden.py) instead of comparing it. `timings`, when given, receives
     the seconds spent per phase, summed over the iterations: dump, restore, compare
     (snapshots and their comparison). `watch` (a zdtm.sbguard.Watch), when given, is
-    shown every tree: the started one and each restored one.
+    shown every tree: the started one and each restored one. `pause` (--pause): seconds slept
+    before each dump and before each snapshot after a restore (time-dependent state shows).
     """
     expect = backend.expectation(scenario)
     crfail = expect.outcome == "crfail"
@@ -116,6 +117,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                           workdir=workdir, iteration=i)
             images = os.path.join(workdir, f"images.{i}")
             stage = "dump"
+            time.sleep(pause)
             try:
                 with phase(timings, "dump"):
                     backend.dump(pid, images, running.externals, ctx)
@@ -142,6 +144,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 raise CycleFailure(f"{backend.name} {where}: {e}{log}", kind="cr-error") from None
             finally:
                 cleanups += ctx.cleanups
+            time.sleep(pause)
             started = time.monotonic()
             try:
                 after = snapshot.take(pid, scenario.check, timeout, topology=topology, ignore_maps_on=host)

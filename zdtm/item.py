@@ -40,6 +40,7 @@ class ItemSpec:
     accel: str | None = None    # vm flavor: --vm-accel kvm|tcg (None: MNTCR_VM_ACCEL, else probed)
     timeout_scale: float = 1.0  # the place is slower than the machine the timeouts were set for (TCG)
     update_golden: bool = False  # --update-golden: write the check's output as the golden output
+    pause: float = 0.0          # --pause: seconds slept before each dump and before each after-snapshot
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _run_cycle(sc, spec: ItemSpec, place, workdir: str, release: str, watch) -> 
         bk = place.backend_for(running, backend(spec.backend, spec.criu))
         try:
             out = cycle.run(sc, bk, place, running, workdir, iters=spec.iters, update_golden=spec.update_golden,
-                            timings=timings, watch=watch)
+                            timings=timings, watch=watch, pause=spec.pause)
             res = Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output, timings=timings)
         except cycle.CycleFailure as e:
             res = Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output,

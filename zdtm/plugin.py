@@ -59,6 +59,10 @@ def pytest_addoption(parser):
                          "(engine/fs/NAME.py); without it the battery runs for every type beside the rest")
     group.addoption("--iters", type=int, default=1, metavar="N",
                     help="dump/restore iterations per scenario, each on the tree the previous one restored")
+    group.addoption("--pause", type=float, default=None, metavar="SECONDS",
+                    help="sleep SECONDS between the snapshot before dump and the dump, and between each "
+                         "restore and its snapshot, to widen the windows where a scenario's time-dependent "
+                         "state (timers, periodic wakes) changes (default: $MNTCR_ZDTM_PAUSE, else 0)")
     group.addoption("--report", default=None, metavar="DIR",
                     help="keep images and logs of failures in DIR and write DIR/report.html and DIR/summary.md")
     group.addoption("--update-golden", action="store_true", default=False,
@@ -100,6 +104,7 @@ class _State:
         self.iters = config.getoption("iters")
         if self.iters < 1:
             raise pytest.UsageError("--iters must be at least 1")
+        self.pause = _pause(config.getoption("pause"))
         report = config.getoption("report")
         self.report_dir = os.path.abspath(report) if report else None
         self.results: dict[str, dict] = {}   # nodeid -> summary row (controller only)
@@ -126,6 +131,23 @@ class _State:
             session = os.environ.get(leakguard.SESSION_ENV, "")
             self.tmp_base = tempfile.mkdtemp(prefix=f"zdtm-{session}-" if session else "zdtm-", dir=parent)
         return tempfile.mkdtemp(prefix=safe_name(nodeid)[-60:] + ".", dir=self.tmp_base)
+
+
+PAUSE_ENV = "MNTCR_ZDTM_PAUSE"
+
+
+def _pause(option: float | None) -> float:
+    """--pause, else $MNTCR_ZDTM_PAUSE, else 0: seconds the cycle sleeps around its snapshots."""
+    value = option
+    if value is None:
+        raw = os.environ.get(PAUSE_ENV, "").strip() or "0"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise pytest.UsageError(f"{PAUSE_ENV}={raw!r}: not a number of seconds; set it to e.g. 10") from None
+    if not 0 <= value <= 3600:
+        raise pytest.UsageError(f"--pause {value:g}: give seconds between 0 and 3600 (--pause or {PAUSE_ENV})")
+    return value
 
 
 def _vm_kernels(value: str | None) -> list[str]:
@@ -246,7 +268,8 @@ class ScenarioItem(pytest.Item):
             scenario=scenario, backend=backend_name, flavor=flavor_name,
             iters=max(state.iters, scenario.iters), criu=self.config.getoption("criu") or "auto",
             kernel=kernel_name if vm else None, provider=self.config.getoption("vm_provider") if vm else None,
-            accel=self.config.getoption("vm_accel") if vm else None, update_golden=state.update_golden)
+            accel=self.config.getoption("vm_accel") if vm else None, update_golden=state.update_golden,
+            pause=state.pause)
         self.flavor = None
         self.outcome = None
         self.workdir = None

@@ -167,7 +167,7 @@ class VmFlavor:
         item.write_spec(spec, wd)
         key = (kernel, provider, root, spec.accel)
         argv = item_command(vm, key, provider, wd)
-        limit = max(120.0, spec.scenario.timeout * spec.timeout_scale * (2 + spec.iters * 3))
+        limit = max(120.0, spec.scenario.timeout * spec.timeout_scale * (2 + spec.iters * 3)) + 2 * spec.iters * spec.pause
         r = run_in_vm(vm, key, argv, timeout=limit)
         out = item.read_outcome(wd)
         if out is None:
