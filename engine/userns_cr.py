@@ -323,13 +323,16 @@ class _Plan:
             # namespace last, which must lie below; so must its mount namespace's owner.
             o = made_in["pid"]
             where = f"its pid namespace belongs to {users.describe(o)}"
-            if any(x != o for x in made_in.values()):
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, another of its namespaces to "
-                                                    "a third user namespace: not supported yet")
             if not _is_ancestor(users, o, own):
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
                                                     f"({users.describe(own)}; joined with setns): not supported yet")
             procs.setdefault(pid, {})["userns_start"] = self.name(o)
+            rest = {k: self.name(x) for k, x in made_in.items() if x != o}
+            if rest:
+                # Owned by a third user namespace (`unshare -u` between two `unshare -U`): made there
+                # by a helper and joined by the stand-in, still the restorer's, before it enters `o`
+                # (Rebuild.early; joined_before).
+                procs[pid]["ns_made_in"] = rest
             if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
                 # A stand-in starting there could not enter its mount namespace: it enters it first,
                 # forked late (as `unshare -rpf` without -m: record_first).
@@ -1238,8 +1241,10 @@ class Rebuild:
         """The kinds of p's namespaces its stand-in joined before it entered its user namespace
         (`early`), when it starts there; none when its fork inherits that user namespace from its
         parent's stand-in (`parent`: the one that forks it), which joins them once forked."""
-        if not p.get("userns_first") or self.spawn_in(p, parent) is None:
+        if self.spawn_in(p, parent) is None:
             return set()
+        if not p.get("userns_first"):
+            return set(p.get("ns_made_in") or ())   # (``userns_start``: joined before it entered that one)
         return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
 
     def pid_in(self, p: dict, parent: dict | None) -> int | None:
