@@ -411,7 +411,8 @@ class _Plan:
         for kind in ("ipc", "net"):   # (a cgroup namespace has no step of its own: its superblocks, see
             if ns_ino[pid][kind] != ns_ino[ppid][kind]:   # check_late_superblocks)
                 self._premade_late(pid, ppid, kind, why)
-        stand = self.stand.get(pid)
+        # (one that enters first does so before it leaves its parent stand-in's user namespace)
+        stand = self.stand.get(ppid if self.procs.get(pid, {}).get("enter_first") else pid)
         if ns_ino[pid]["mnt"] != ns_ino[ppid]["mnt"] and stand is not None and mnt_owner != stand \
                 and not _is_ancestor(self.users, stand, mnt_owner):
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its mount namespace belongs to "
