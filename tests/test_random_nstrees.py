@@ -18,8 +18,10 @@ from zdtm import randomns
 _FROM, _, _TO = os.environ.get("MNTCR_NSTREE_SEEDS", "0:16").partition(":")
 # Seeds a dump must not refuse (once refused): 171, a pid namespace of one user namespace and a uts
 # namespace of another, both above the process's own; 191, a process entering first (enter_first) a
-# mount namespace its parent's stand-in's user namespace owns, above its own
-RESTORES = {171, 191}
+# mount namespace its parent's stand-in's user namespace owns, above its own; 353, such a process
+# whose parent's stand-in entered the same mount namespace first (its restore failed: "cannot start a
+# stand-in inside its user namespace")
+RESTORES = {171, 191, 353}
 SEEDS = sorted(set(range(int(_FROM), int(_TO))) | {39} | RESTORES)   # (39: a dump that did not restore, fixed)
 
 
