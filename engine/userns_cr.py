@@ -40,7 +40,7 @@ are a late process's own ipc and net namespaces, made before restore fills them.
 What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
-own user namespace nor an ancestor's); a late process (``enter_first`` and its
+own user namespace nor an ancestor's, or of the dumper's while its parent's stand-in is inside one); a late process (``enter_first`` and its
 descendants) with a superblock of a namespace it is the first in (asked before the stop too: engine/
 prestop.py); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
@@ -251,6 +251,8 @@ class _Plan:
             inherited = ppid in ns_ino and ns_ino[ppid][kind] == ns_ino[pid][kind]
             if owner == users.top and not inherited and not _dumpers(kind, ns_ino[pid][kind]):
                 outside.append(kind)
+            if owner == users.top and not inherited and kind == "pid" and self.stand.get(ppid) is not None:
+                self._refuse_top_pid(pid, self.stand[ppid])
             if owner == users.top or inherited:
                 continue
             if owner != own:
@@ -271,6 +273,16 @@ class _Plan:
         if first and outside:
             self.record_outside(pid, ppid, own, outside)
         return first, made_in
+
+    def _refuse_top_pid(self, pid: int, at: int) -> None:
+        """Refuse a pid namespace of the dumper's user namespace, not the parent's (made by the
+        parent before it entered its own: `unshare -p` then `unshare -U`), where the parent's stand-in
+        is inside user namespace `at`: a pid namespace has no process to be made ahead in, and that
+        stand-in could neither make it there nor join it (it came back owned by `at`)."""
+        raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its pid namespace, not its parent's, belongs to the "
+                                            "dumper's user namespace, which the stand-in of its parent, inside "
+                                            f"{self.users.describe(at)}, could neither make nor join: not "
+                                            "supported yet")
 
     def record_outside(self, pid: int, ppid, own: int, outside: list[str]) -> None:
         """A process whose stand-in starts in its user namespace but whose `outside` namespaces the
