@@ -1020,6 +1020,9 @@ class _Restorer:
         early = self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc) \
             if in_userns is not None else []
         enter = self._root_cwd(p) if p.get("enter_first") else ()
+        # (its maker's stand-in entered that mount namespace already: the fork is in it, and may not
+        # join it again from the user namespace it is in, which need not own it)
+        entered = bool(enter) and maker is not None and self.entered.get(maker["pid"]) == p["ns"]["mnt"]
         pid_in = self.users.pid_in(p, maker)   # (its pid namespace's owner, above its own)
         pid_first = self.users.pid_first(p, maker)
         # (where its stand-in is: one that entered, and those it forks in its mount namespace, skip the setns)
@@ -1044,7 +1047,8 @@ class _Restorer:
             else:
                 self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
                                                 self.users.again(p, maker), len(early), pid_first,
-                                                {"enter": bool(enter), "pid_userns": pid_in is not None}),
+                                                {"enter": bool(enter), "pid_userns": pid_in is not None,
+                                                 "entered": entered}),
                                                [fds[0], in_userns, *fds[1:], *early, *enter,
                                                 *([] if pid_in is None else [pid_in])])
             new = self._children_of(self.hostpid[parent["pid"]]) - before

@@ -116,7 +116,7 @@ def _subreaper(on: bool) -> None:
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
                     groups: list[int] | None = None, alone: str | None = None, again: bool = False,
                     early: list[int] = (), pid_first: bool = False, enter: tuple = (),
-                    pid_userns: int | None = None) -> int:
+                    pid_userns: int | None = None, entered: bool = False) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -132,10 +132,12 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     joined) before too, so that the caller's user namespace owns it; `enter`: (mount namespace,
     root, cwd) fds the stand-in enters before its user namespace, which does not own that mount
     namespace (`unshare -rpf` without -m: engine/userns_cr.py "enter_first"), instead of a scratch one;
-    `pid_userns`: the user namespace, above `userns_fd`, that makes its pid namespace (joined first).
+    `pid_userns`: the user namespace, above `userns_fd`, that makes its pid namespace (joined first);
+    `entered`: we are in `enter`'s mount namespace already (entered first too), which the user
+    namespace we are in need not own: only the root and cwd are taken.
     Returns its pid as the caller sees it."""
     return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again, early=early,
-                          pid_first=pid_first, enter=enter, pid_userns=pid_userns)
+                          pid_first=pid_first, enter=enter, pid_userns=pid_userns, entered=entered)
 
 
 def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
@@ -165,7 +167,7 @@ def _pidns(mode: str, pidns_fd: int | None) -> None:
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
                    groups: list[int] | None, alone: str | None, again: bool = False,
                    adopter: int | None = None, early=(), pid_first: bool = False, enter: tuple = (),
-                   pid_userns: int | None = None) -> int:
+                   pid_userns: int | None = None, entered: bool = False) -> int:
     me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -184,7 +186,7 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                     kernel.setns(fd, 0)   # (while we may: the namespace's owner is ours)
                 if pid_first:
                     _pidns(mode, pidns_fd)
-                null = _enter(*enter) if enter else None
+                null = _enter(*enter, join=not entered) if enter else None
                 if pid_userns is not None:   # (its pid namespace's owner, above its own: made there)
                     kernel.setns(pid_userns, kernel.CLONE_NEWUSER)
                     _pidns(mode, pidns_fd)
@@ -234,11 +236,12 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                 pass
 
 
-def _enter(ns_fd: int, root_fd: int, cwd_fd: int) -> int:
-    """Join mount namespace `ns_fd`, with root `root_fd` and cwd `cwd_fd`; returns an fd on the
-    /dev/null we saw before (the root entered may have none)."""
+def _enter(ns_fd: int, root_fd: int, cwd_fd: int, join: bool = True) -> int:
+    """Join mount namespace `ns_fd` (unless not `join`: we are in it), with root `root_fd` and cwd
+    `cwd_fd`; returns an fd on the /dev/null we saw before (the root entered may have none)."""
     null = os.open("/dev/null", os.O_RDWR)
-    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+    if join:
+        kernel.setns(ns_fd, kernel.CLONE_NEWNS)
     os.fchdir(root_fd)
     os.chroot(".")
     os.fchdir(cwd_fd)
@@ -477,7 +480,8 @@ class _Server:
         fds, early = fds[:len(fds) - n], fds[len(fds) - n:]
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
                                alone=msg[3] if len(msg) > 3 else None, again=len(msg) > 4 and msg[4], early=early,
-                               pid_first=len(msg) > 6 and msg[6], enter=enter, pid_userns=pid_userns)
+                               pid_first=len(msg) > 6 and msg[6], enter=enter, pid_userns=pid_userns,
+                               entered=bool(more.get("entered")))
 
     def op_spawn_alone(self, msg, fds):
         """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""

@@ -40,7 +40,7 @@ are a late process's own ipc and net namespaces, made before restore fills them.
 What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
-own user namespace nor an ancestor's); a late process (``enter_first`` and its
+own user namespace nor an ancestor's, or of the dumper's while its parent's stand-in is inside one); a late process (``enter_first`` and its
 descendants) with a superblock of a namespace it is the first in (asked before the stop too: engine/
 prestop.py); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
@@ -251,6 +251,8 @@ class _Plan:
             inherited = ppid in ns_ino and ns_ino[ppid][kind] == ns_ino[pid][kind]
             if owner == users.top and not inherited and not _dumpers(kind, ns_ino[pid][kind]):
                 outside.append(kind)
+            if owner == users.top and not inherited and kind == "pid" and self.stand.get(ppid) is not None:
+                self._refuse_top_pid(pid, self.stand[ppid])
             if owner == users.top or inherited:
                 continue
             if owner != own:
@@ -271,6 +273,16 @@ class _Plan:
         if first and outside:
             self.record_outside(pid, ppid, own, outside)
         return first, made_in
+
+    def _refuse_top_pid(self, pid: int, at: int) -> None:
+        """Refuse a pid namespace of the dumper's user namespace, not the parent's (made by the
+        parent before it entered its own: `unshare -p` then `unshare -U`), where the parent's stand-in
+        is inside user namespace `at`: a pid namespace has no process to be made ahead in, and that
+        stand-in could neither make it there nor join it (it came back owned by `at`)."""
+        raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its pid namespace, not its parent's, belongs to the "
+                                            "dumper's user namespace, which the stand-in of its parent, inside "
+                                            f"{self.users.describe(at)}, could neither make nor join: not "
+                                            "supported yet")
 
     def record_outside(self, pid: int, ppid, own: int, outside: list[str]) -> None:
         """A process whose stand-in starts in its user namespace but whose `outside` namespaces the
@@ -323,13 +335,16 @@ class _Plan:
             # namespace last, which must lie below; so must its mount namespace's owner.
             o = made_in["pid"]
             where = f"its pid namespace belongs to {users.describe(o)}"
-            if any(x != o for x in made_in.values()):
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, another of its namespaces to "
-                                                    "a third user namespace: not supported yet")
             if not _is_ancestor(users, o, own):
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
                                                     f"({users.describe(own)}; joined with setns): not supported yet")
             procs.setdefault(pid, {})["userns_start"] = self.name(o)
+            rest = {k: self.name(x) for k, x in made_in.items() if x != o}
+            if rest:
+                # Owned by a third user namespace (`unshare -u` between two `unshare -U`): made there
+                # by a helper and joined by the stand-in, still the restorer's, before it enters `o`
+                # (Rebuild.early; joined_before).
+                procs[pid]["ns_made_in"] = rest
             if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
                 # A stand-in starting there could not enter its mount namespace: it enters it first,
                 # forked late (as `unshare -rpf` without -m: record_first).
@@ -408,7 +423,8 @@ class _Plan:
         for kind in ("ipc", "net"):   # (a cgroup namespace has no step of its own: its superblocks, see
             if ns_ino[pid][kind] != ns_ino[ppid][kind]:   # check_late_superblocks)
                 self._premade_late(pid, ppid, kind, why)
-        stand = self.stand.get(pid)
+        # (one that enters first does so before it leaves its parent stand-in's user namespace)
+        stand = self.stand.get(ppid if self.procs.get(pid, {}).get("enter_first") else pid)
         if ns_ino[pid]["mnt"] != ns_ino[ppid]["mnt"] and stand is not None and mnt_owner != stand \
                 and not _is_ancestor(self.users, stand, mnt_owner):
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its mount namespace belongs to "
@@ -1238,8 +1254,10 @@ class Rebuild:
         """The kinds of p's namespaces its stand-in joined before it entered its user namespace
         (`early`), when it starts there; none when its fork inherits that user namespace from its
         parent's stand-in (`parent`: the one that forks it), which joins them once forked."""
-        if not p.get("userns_first") or self.spawn_in(p, parent) is None:
+        if self.spawn_in(p, parent) is None:
             return set()
+        if not p.get("userns_first"):
+            return set(p.get("ns_made_in") or ())   # (``userns_start``: joined before it entered that one)
         return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
 
     def pid_in(self, p: dict, parent: dict | None) -> int | None:
