@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import os
+import select
 import socket
 
 import pytest
@@ -59,7 +60,7 @@ a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 x, y = socket.socketpair()
 a.send(b"head "); socket.send_fds(a, [b"fds"], [x.fileno()])
 os.dup2(b.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(y.fileno(), 12)
-""", "only files, FIFOs and pipes in flight are supported")
+""", "only files, FIFOs, pipes and epolls in flight are supported")
 
 
 SEG = {"data": "eA==", "fds": [{"kind": "pipe", "flags": 0, "pos": 0, "obj": "pipe-1"}]}
@@ -140,3 +141,64 @@ def test_validator_takes_a_pair_end_in_flight_on_a_pair_only():
             unix_check.check_object({**ok, "msgs": [[{"data": "eA==", "fds": [bad]}], []]}, "object x")
     with pytest.raises(image.ImageError, match="bad pair end in flight"):
         unix_check._check_msgs([{"data": "eA==", "fds": [{"kind": "pair_end", "end": 0}]}], "fd 3")
+
+
+# CRIU's scm05: an epoll watching end b of a datagram pair, sent twice over end a and closed: the
+# epoll exists in flight only. Its target is registered again by the stand-in making the pair, on
+# the new end b under the number it had (20 here, b's own number 11: what epoll_ctl DEL will name).
+EPOLL_INFLIGHT = py_hold("""
+import select, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+os.dup2(b.fileno(), 20)
+ep = select.epoll(); ep.register(20, select.EPOLLIN)
+os.close(20)
+os.dup2(b.fileno(), 11)
+ep.register(11, select.EPOLLIN | select.EPOLLET)
+for _ in range(2): socket.send_fds(a, [b"e"], [ep.fileno()])
+ep.close(); os.dup2(a.fileno(), 10)
+""")
+
+
+def test_an_epoll_in_flight_watching_its_pair_comes_back_armed(case):
+    state = case.roundtrip(EPOLL_INFLIGHT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        b.setblocking(False)
+        data, fd = _received(b, 10)
+        try:
+            assert data == b"e"
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                tfds = sorted(line.split()[1] for line in f if line.startswith("tfd:"))
+            assert tfds == ["11", "20"]
+            ep = select.epoll.fromfd(fd)
+            fd = -1
+            with ep:
+                # (the second epoll message still waits: end b is readable, both items report)
+                assert len(ep.poll(0)) == 2
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_an_epoll_in_flight_watching_another_file_refused_before_stop(case):
+    _refused_before_stop(case, """
+import select, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+ep = select.epoll(); ep.register(r, select.EPOLLIN)
+socket.send_fds(a, [b"e"], [ep.fileno()]); ep.close()
+os.dup2(b.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(r, 12)
+""", "an epoll in flight watching a file other than an end of the socket pair it waits on")
+
+
+def test_validator_takes_an_epoll_in_flight_on_a_pair_only():
+    from engine import image
+    from engine.fds import unix_check
+    ep = {"kind": "epoll", "flags": 2, "pos": 0, "targets": [{"fd": 5, "events": 1, "data": 5, "end": 1}]}
+    unix_check._check_msgs([{"data": "eA==", "fds": [ep]}], "object x", pair=True)
+    unix_check._check_msgs([{"data": "eA==", "fds": [{**ep, "targets": []}]}], "fd 3")
+    with pytest.raises(image.ImageError, match="bad epoll in flight"):
+        unix_check._check_msgs([{"data": "eA==", "fds": [ep]}], "fd 3")
+    for bad in ({"fd": 5, "events": 1, "data": 5, "end": 2}, {"fd": 5, "events": 1 << 30, "data": 5, "end": 0},
+                {"fd": 5, "events": 1, "data": 5}):
+        with pytest.raises(image.ImageError, match="bad target of an epoll in flight"):
+            unix_check._check_msgs([{"data": "eA==", "fds": [{**ep, "targets": [bad]}]}], "x", pair=True)

@@ -162,6 +162,9 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                     if not pair or set(f) != {"kind", "end"} or f["end"] not in (0, 1) or type(f["end"]) is not int:
                         _fail(f"{what}: bad pair end in flight")
                     continue
+                if isinstance(f, dict) and f.get("kind") == "epoll":
+                    _check_epoll(f, what, pair)
+                    continue
                 if not isinstance(f, dict) or f.get("kind") not in unix_queue.INFLIGHT_KINDS \
                         or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
                         or ("obj" in f and (f["kind"] == "file" or not isinstance(f["obj"], str))) \
@@ -178,6 +181,16 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                 if type(f.get("mnt")) is not int:
                     _fail(f"{what}: bad fd in flight")
                 check_abs_path(f.get("path"), what)
+
+
+def _check_epoll(f: dict, what: str, pair: bool) -> None:
+    """An epoll in flight: its flags and targets, ends of the pair whose queue it waits on (`pair`)."""
+    from engine.fds import epoll
+    from engine.image import _fail
+    if set(f) != {"kind", "flags", "pos", "targets"} or type(f["flags"]) is not int \
+            or not 0 <= f["flags"] < 1 << 22 or f["pos"] != 0 or (f["targets"] and not pair):
+        _fail(f"{what}: bad epoll in flight")
+    epoll.check_inflight_targets(f["targets"], what)
 
 
 def check_object(obj: dict, what: str) -> None:

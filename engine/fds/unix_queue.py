@@ -94,7 +94,7 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
     return out
 
 
-INFLIGHT_KINDS = ("file", "fifo", "pipe")
+INFLIGHT_KINDS = ("file", "fifo", "pipe", "epoll")
 # An end of the very pair whose queue it waits on (CRIU's scm06: a datagram pair's ends sent over each
 # other): {kind, end}, sent again as that end of the new pair, the same description.
 PAIR_END = "pair_end"
@@ -108,8 +108,11 @@ def inflight_kind(d, fd: int, target: str, mode: int, selves=()):
         return None
     kind = kinds.classify(target, mode)
     if kind is None or kind.name not in INFLIGHT_KINDS:
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs and pipes "
-                                        "in flight are supported")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs, pipes and "
+                                        "epolls in flight are supported")
+    if kind.name == "epoll":   # (refused unless each target is an end of this pair)
+        from engine.fds import epoll
+        epoll.inflight_targets(fd, f"{d.where}: an fd in flight ({target})", selves)
     return kind
 
 
@@ -158,6 +161,10 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
             key, _, value = line.partition(":")
             info[key.strip()] = value.strip()
     entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
+    if kind.name == "epoll":
+        from engine.fds import epoll
+        entry["targets"] = epoll.inflight_targets(fd, what, selves or {})
+        return entry
     if kind.name == "file":
         entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "sock" if stat.S_ISSOCK(st.st_mode) else "file"
     else:
@@ -224,6 +231,7 @@ def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]
                 if len(opened) != n or (len(m["fds"]) > n and len(ends) != 2):
                     raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
                 mine = [ends[f["end"]] if f["kind"] == PAIR_END else opened.pop(0) for f in m["fds"]]
+                _arm(m["fds"], mine, ends)
                 data = binascii.a2b_base64(m["data"])
                 sent = socket.send_fds(peer, [data], mine, socket.MSG_DONTWAIT)
                 if stream:
@@ -236,6 +244,16 @@ def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]
         # (one argument: the stand-in reports str(e), which would show an errno before it)
         raise FdError(f"its queue does not fit back: the socket takes {i} of its {len(queue)} messages") from None
     return fds
+
+
+def _arm(entries: list, fds: list[int], ends) -> None:
+    """Register the targets of the epolls in flight among `entries` (our fds `fds`) on the new pair's `ends`."""
+    for f, fd in zip(entries, fds):
+        if f["kind"] == "epoll" and f.get("targets"):
+            if len(ends) != 2:
+                raise FdError(errno.EINVAL, "an epoll in flight watches an end of a socket pair, on a socket of none")
+            from engine.fds import epoll
+            epoll.arm_inflight(fd, f["targets"], ends)
 
 
 def send_all(sock: socket.socket, data: bytes) -> None:
@@ -268,6 +286,8 @@ def open_inflight(r: RestoreFd, msgs) -> list[int]:
                 sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
                                 standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
                 out.append(kinds.lookup(f["kind"]).open(sub))
+                if f["kind"] == "epoll" and f["flags"] & os.O_NONBLOCK:
+                    os.set_blocking(out[-1], False)
     except BaseException:
         for x in out:
             os.close(x)
