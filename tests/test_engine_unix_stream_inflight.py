@@ -5,6 +5,7 @@ does not keep at the queue's head, refused before the tree is stopped."""
 from __future__ import annotations
 
 import array
+import fcntl
 import os
 import select
 import socket
@@ -202,3 +203,39 @@ def test_validator_takes_an_epoll_in_flight_on_a_pair_only():
                 {"fd": 5, "events": 1, "data": 5}):
         with pytest.raises(image.ImageError, match="bad target of an epoll in flight"):
             unix_check._check_msgs([{"data": "eA==", "fds": [{**ep, "targets": [bad]}]}], "x", pair=True)
+
+
+# A memfd in flight (what Wayland clients and PipeWire send): sealed, written, its offset moved,
+# sent and closed by its sender; its content, name, seals and offset come back with it.
+MEMFD_INFLIGHT = py_hold("""
+import fcntl, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+m = os.memfd_create("pool", os.MFD_ALLOW_SEALING)
+os.write(m, b"shared pixels"); os.lseek(m, 7, os.SEEK_SET)
+fcntl.fcntl(m, 1033, 4)   # F_ADD_SEALS, F_SEAL_GROW
+socket.send_fds(a, [b"m"], [m]); os.close(m)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11)
+""")
+
+
+def test_a_memfd_in_flight_comes_back_with_its_content(case):
+    state = case.roundtrip(MEMFD_INFLIGHT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        b.setblocking(False)
+        data, fd = _received(b, 10)
+        try:
+            assert data == b"m" and os.readlink(f"/proc/self/fd/{fd}") == "/memfd:pool (deleted)"
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 7 and os.pread(fd, 100, 0) == b"shared pixels"
+            assert fcntl.fcntl(fd, 1034) == 4   # F_GET_SEALS
+        finally:
+            os.close(fd)
+
+
+def test_validator_takes_a_memfd_in_flight_by_its_object_only():
+    from engine import image
+    from engine.fds import unix_check
+    m = {"kind": "memfd", "flags": 2, "pos": 0, "obj": "memfd-7"}
+    unix_check._check_msgs([{"data": "eA==", "fds": [m]}], "fd 3")
+    for bad in ({**m, "mnt": 1, "path": "/x"}, {k: v for k, v in m.items() if k != "obj"}):
+        with pytest.raises(image.ImageError, match="bad memfd in flight"):
+            unix_check._check_msgs([{"data": "eA==", "fds": [bad]}], "fd 3")

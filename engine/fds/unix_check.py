@@ -145,8 +145,9 @@ def _gone_sender(x, entry: dict) -> bool:
 
 
 def _check_msgs(queue, what: str, pair: bool = False) -> None:
-    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO or pipe,
-    or, on a pair's queue (`pair`), {kind: pair_end, end: 0|1}: an end of that pair]}."""
+    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO, pipe,
+    memfd or epoll (its targets only on a pair's queue), or, on a pair's queue (`pair`), {kind:
+    pair_end, end: 0|1}: an end of that pair]}."""
     from engine.image import _fail, check_abs_path
     if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
         _fail(f"{what}: bad queued messages")
@@ -173,10 +174,10 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                         or f.get("type", "file") not in ("file", "dir", "sock") \
                         or f.get("type") == "sock" and not f["flags"] & os.O_PATH:   # (engine/fds/file.py)
                     _fail(f"{what}: bad fd in flight")
-                if f["kind"] == "pipe":
-                    # (no file: its pipe object, nothing on a mount)
+                if f["kind"] in ("pipe", "memfd"):
+                    # (no file: its pipe or memfd object, nothing on a mount)
                     if "obj" not in f or {"mnt", "path", "type"} & set(f):
-                        _fail(f"{what}: bad pipe in flight")
+                        _fail(f"{what}: bad {f['kind']} in flight")
                     continue
                 if type(f.get("mnt")) is not int:
                     _fail(f"{what}: bad fd in flight")

@@ -1,8 +1,9 @@
 """What is queued on a unix socket and the fds in flight with it.
 
 Dump peeks the messages of a datagram or seqpacket socket with a peek offset (their bounds kept)
-and describes each fd in flight as a file or FIFO on a mount of the tree, or a pipe; restore opens
-those again and sends the queue from the peer, one message a send.
+and describes each fd in flight as a file or FIFO on a mount of the tree, a pipe, a memfd (its
+object: name, content, seals), or an epoll whose targets are ends of the pair it waits on; restore
+opens those again and sends the queue from the peer, one message a send.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
     return out
 
 
-INFLIGHT_KINDS = ("file", "fifo", "pipe", "epoll")
+INFLIGHT_KINDS = ("file", "fifo", "pipe", "epoll", "memfd")
+# The object kind an fd in flight of each kind names (`obj`).
+INFLIGHT_OBJECTS = {"fifo": "pipe", "pipe": "pipe", "memfd": "memfd"}
 # An end of the very pair whose queue it waits on (CRIU's scm06: a datagram pair's ends sent over each
 # other): {kind, end}, sent again as that end of the new pair, the same description.
 PAIR_END = "pair_end"
@@ -113,7 +116,16 @@ def inflight_kind(d, fd: int, target: str, mode: int, selves=()):
     if kind.name == "epoll":   # (refused unless each target is an end of this pair)
         from engine.fds import epoll
         epoll.inflight_targets(fd, f"{d.where}: an fd in flight ({target})", selves)
+    if kind.name == "memfd":   # (its size)
+        kind.precheck(_Copy(fd, target, f"{d.where}: an fd in flight ({target})", {}))
     return kind
+
+
+class _Copy:
+    """Our copy of an fd in flight as a kind's dump hook sees an fd of the tree (pid, fd, target)."""
+
+    def __init__(self, fd: int, target: str, where: str, objects: dict):
+        self.pid, self.fd, self.target, self.where, self.objects = "self", fd, target, where, objects
 
 
 def refuse_head_inflight(d, s: socket.socket, selves=()) -> None:
@@ -164,6 +176,9 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
     if kind.name == "epoll":
         from engine.fds import epoll
         entry["targets"] = epoll.inflight_targets(fd, what, selves or {})
+        return entry
+    if kind.name == "memfd":   # (its object: name, content and seals, shared with the tree's fds on it)
+        entry.update(kind.dump(_Copy(fd, target, what, d.objects)))
         return entry
     if kind.name == "file":
         entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "sock" if stat.S_ISSOCK(st.st_mode) else "file"
@@ -281,8 +296,9 @@ def open_inflight(r: RestoreFd, msgs) -> list[int]:
                     continue   # (the new pair's own end: send_queue)
                 if "mnt" in f and f["mnt"] not in r.entry.get("mnts", ()):
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
-                if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != "pipe":
-                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no pipe object {f['obj'][:40]!r}")
+                want = INFLIGHT_OBJECTS.get(f["kind"])
+                if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != want:
+                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no {want} object {f['obj'][:40]!r}")
                 sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
                                 standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
                 out.append(kinds.lookup(f["kind"]).open(sub))
