@@ -120,6 +120,9 @@ def _line_ino(line: str) -> int:
     return int(m[1], 16) if m else -1
 
 
+MAX_INFLIGHT_TARGETS = 1024   # (an end of the pair under many numbers: the validator's bound too)
+
+
 def inflight_targets(fd: int, what: str, selves) -> list[dict]:
     """The targets of an epoll in flight (our copy `fd`), each {fd, events, data, end}: only an end
     of the pair whose queue it waits on (`selves`, {socket inode: end} or the inodes alone) can be
@@ -128,6 +131,9 @@ def inflight_targets(fd: int, what: str, selves) -> list[dict]:
     targets = []
     with open(f"/proc/self/fdinfo/{fd}") as f:
         lines = [line.partition(":")[2].strip() for line in f if line.startswith("tfd:")]
+    if len(lines) > MAX_INFLIGHT_TARGETS:
+        raise FdError(0, f"{what}: an epoll in flight with {len(lines)} targets: more than {MAX_INFLIGHT_TARGETS} "
+                         "is not supported")
     for line in lines:
         m = _TFD.match(line)
         if m is None:
@@ -149,7 +155,7 @@ def inflight_targets(fd: int, what: str, selves) -> list[dict]:
 def check_inflight_targets(ts, what: str) -> None:
     """The image validator's part for an epoll in flight's targets (`inflight_targets`)."""
     from engine.image import _fail
-    if not isinstance(ts, list) or len(ts) > 2:
+    if not isinstance(ts, list) or len(ts) > MAX_INFLIGHT_TARGETS:
         _fail(f"{what}: bad targets of an epoll in flight")
     for t in ts:
         if not isinstance(t, dict) or set(t) != {"fd", "events", "data", "end"} \
