@@ -8,6 +8,7 @@ import array
 import fcntl
 import os
 import select
+import signal
 import socket
 
 import pytest
@@ -238,4 +239,53 @@ def test_validator_takes_a_memfd_in_flight_by_its_object_only():
     unix_check._check_msgs([{"data": "eA==", "fds": [m]}], "fd 3")
     for bad in ({**m, "mnt": 1, "path": "/x"}, {k: v for k, v in m.items() if k != "obj"}):
         with pytest.raises(image.ImageError, match="bad memfd in flight"):
+            unix_check._check_msgs([{"data": "eA==", "fds": [bad]}], "fd 3")
+
+
+# An eventfd, a signalfd and a timerfd in flight (vhost-user backends get their eventfds so), each
+# closed by its sender: their state (a count, a mask, a clock and interval) comes back with them.
+STATE_INFLIGHT = py_hold("""
+import signal, socket, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+e = os.eventfd(5, os.EFD_SEMAPHORE | os.EFD_NONBLOCK)
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+mask = ctypes.c_uint64(1 << (signal.SIGUSR1 - 1))
+s = libc.signalfd(-1, ctypes.byref(mask), 0)
+t = libc.timerfd_create(time.CLOCK_MONOTONIC, 0)
+spec = struct.pack("qqqq", 3600, 0, 3600, 0)
+libc.timerfd_settime(t, 0, spec, None)
+socket.send_fds(a, [b"3"], [e, s, t]); os.close(e); os.close(s); os.close(t)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11)
+""")
+
+
+def test_eventfd_signalfd_and_timerfd_in_flight_come_back_with_their_state(case):
+    state = case.roundtrip(STATE_INFLIGHT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        b.setblocking(False)
+        data, fds, _, _ = socket.recv_fds(b, 10, 3)
+        try:
+            assert data == b"3" and len(fds) == 3
+            info = []
+            for fd in fds:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    info.append(dict(line.split(":", 1) for line in f.read().splitlines()))
+            assert os.eventfd_read(fds[0]) == 1 and info[0]["eventfd-count"].strip() == "5"
+            assert info[0]["eventfd-semaphore"].strip() == "1" and int(info[0]["flags"], 8) & os.O_NONBLOCK
+            assert int(info[1]["sigmask"], 16) == 1 << (signal.SIGUSR1 - 1)
+            assert info[2]["clockid"].strip() == "1" and info[2]["it_interval"].strip() == "(3600, 0)"
+            assert 0 < int(info[2]["it_value"].strip("() ").split(",")[0]) <= 3600
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def test_validator_checks_an_eventfd_in_flight_as_an_eventfd():
+    from engine import image
+    from engine.fds import unix_check
+    e = {"kind": "eventfd", "flags": 2, "pos": 0, "count": 5, "semaphore": True}
+    unix_check._check_msgs([{"data": "eA==", "fds": [e]}], "fd 3")
+    for bad in ({**e, "count": -1}, {**e, "semaphore": "yes"}, {**e, "mnt": 1}, {k: v for k, v in e.items() if k != "count"}):
+        with pytest.raises(image.ImageError):
             unix_check._check_msgs([{"data": "eA==", "fds": [bad]}], "fd 3")

@@ -146,7 +146,7 @@ def _gone_sender(x, entry: dict) -> bool:
 
 def _check_msgs(queue, what: str, pair: bool = False) -> None:
     """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO, pipe,
-    memfd or epoll (its targets only on a pair's queue), or, on a pair's queue (`pair`), {kind:
+    memfd, eventfd, signalfd, timerfd or epoll (its targets only on a pair's queue), or, on a pair's queue (`pair`), {kind:
     pair_end, end: 0|1}: an end of that pair]}."""
     from engine.image import _fail, check_abs_path
     if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
@@ -166,6 +166,9 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                 if isinstance(f, dict) and f.get("kind") == "epoll":
                     _check_epoll(f, what, pair)
                     continue
+                if isinstance(f, dict) and f.get("kind") in unix_queue.STATE_KINDS:
+                    _check_state(f, what)
+                    continue
                 if not isinstance(f, dict) or f.get("kind") not in unix_queue.INFLIGHT_KINDS \
                         or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
                         or ("obj" in f and (f["kind"] == "file" or not isinstance(f["obj"], str))) \
@@ -182,6 +185,17 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                 if type(f.get("mnt")) is not int:
                     _fail(f"{what}: bad fd in flight")
                 check_abs_path(f.get("path"), what)
+
+
+def _check_state(f: dict, what: str) -> None:
+    """An eventfd, signalfd or timerfd in flight: its kind's own fields, checked as an fd's of that kind."""
+    from engine import fds, imageformat
+    from engine.image import _fail
+    kind = fds.lookup(f["kind"])
+    if set(f) - {"kind", "flags", "pos"} - set(kind.fields):
+        _fail(f"{what}: bad {f['kind']} in flight")
+    imageformat.check_record(imageformat._kind_record(kind), {**f, "fd": 0}, f"{what}: {f['kind']} in flight")
+    kind.check(f, f"{what}: {f['kind']} in flight")
 
 
 def _check_epoll(f: dict, what: str, pair: bool) -> None:

@@ -2,7 +2,8 @@
 
 Dump peeks the messages of a datagram or seqpacket socket with a peek offset (their bounds kept)
 and describes each fd in flight as a file or FIFO on a mount of the tree, a pipe, a memfd (its
-object: name, content, seals), or an epoll whose targets are ends of the pair it waits on; restore
+object: name, content, seals), an eventfd, signalfd or timerfd (their state, as their kinds dump
+it), or an epoll whose targets are ends of the pair it waits on; restore
 opens those again and sends the queue from the peer, one message a send.
 """
 
@@ -95,7 +96,10 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
     return out
 
 
-INFLIGHT_KINDS = ("file", "fifo", "pipe", "epoll", "memfd")
+# Kinds whose whole state their fdinfo gives: dumped from our copy of one in flight as from the
+# tree's fds, by the kind itself.
+STATE_KINDS = ("eventfd", "signalfd", "timerfd")
+INFLIGHT_KINDS = ("file", "fifo", "pipe", "epoll", "memfd") + STATE_KINDS
 # The object kind an fd in flight of each kind names (`obj`).
 INFLIGHT_OBJECTS = {"fifo": "pipe", "pipe": "pipe", "memfd": "memfd"}
 # An end of the very pair whose queue it waits on (CRIU's scm06: a datagram pair's ends sent over each
@@ -126,6 +130,15 @@ class _Copy:
 
     def __init__(self, fd: int, target: str, where: str, objects: dict):
         self.pid, self.fd, self.target, self.where, self.objects = "self", fd, target, where, objects
+
+    def info(self) -> dict[str, list[str]]:
+        """Our copy's fdinfo as {key: [values of each line with that key]} (FdDump.info)."""
+        out: dict[str, list[str]] = {}
+        with open(f"/proc/self/fdinfo/{self.fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip(), []).append(value.strip())
+        return out
 
 
 def refuse_head_inflight(d, s: socket.socket, selves=()) -> None:
@@ -177,7 +190,9 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
         from engine.fds import epoll
         entry["targets"] = epoll.inflight_targets(fd, what, selves or {})
         return entry
-    if kind.name == "memfd":   # (its object: name, content and seals, shared with the tree's fds on it)
+    if kind.name == "memfd" or kind.name in STATE_KINDS:
+        # (a memfd's object: name, content and seals, shared with the tree's fds on it; an eventfd's
+        # count, a signalfd's mask, a timerfd's clock and times)
         entry.update(kind.dump(_Copy(fd, target, what, d.objects)))
         return entry
     if kind.name == "file":
