@@ -5,7 +5,10 @@ does not keep at the queue's head, refused before the tree is stopped."""
 from __future__ import annotations
 
 import array
+import fcntl
 import os
+import select
+import signal
 import socket
 
 import pytest
@@ -59,7 +62,7 @@ a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 x, y = socket.socketpair()
 a.send(b"head "); socket.send_fds(a, [b"fds"], [x.fileno()])
 os.dup2(b.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(y.fileno(), 12)
-""", "only files, FIFOs and pipes in flight are supported")
+""", "only files, FIFOs, pipes and epolls in flight are supported")
 
 
 SEG = {"data": "eA==", "fds": [{"kind": "pipe", "flags": 0, "pos": 0, "obj": "pipe-1"}]}
@@ -140,3 +143,149 @@ def test_validator_takes_a_pair_end_in_flight_on_a_pair_only():
             unix_check.check_object({**ok, "msgs": [[{"data": "eA==", "fds": [bad]}], []]}, "object x")
     with pytest.raises(image.ImageError, match="bad pair end in flight"):
         unix_check._check_msgs([{"data": "eA==", "fds": [{"kind": "pair_end", "end": 0}]}], "fd 3")
+
+
+# CRIU's scm05: an epoll watching end b of a datagram pair, sent twice over end a and closed: the
+# epoll exists in flight only. Its target is registered again by the stand-in making the pair, on
+# the new end b under the number it had (20 here, b's own number 11: what epoll_ctl DEL will name).
+EPOLL_INFLIGHT = py_hold("""
+import select, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+os.dup2(b.fileno(), 20)
+ep = select.epoll(); ep.register(20, select.EPOLLIN)
+os.close(20)
+os.dup2(b.fileno(), 11)
+ep.register(11, select.EPOLLIN | select.EPOLLET)
+for _ in range(2): socket.send_fds(a, [b"e"], [ep.fileno()])
+ep.close(); os.dup2(a.fileno(), 10)
+""")
+
+
+def test_an_epoll_in_flight_watching_its_pair_comes_back_armed(case):
+    state = case.roundtrip(EPOLL_INFLIGHT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        b.setblocking(False)
+        data, fd = _received(b, 10)
+        try:
+            assert data == b"e"
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                tfds = sorted(line.split()[1] for line in f if line.startswith("tfd:"))
+            assert tfds == ["11", "20"]
+            ep = select.epoll.fromfd(fd)
+            fd = -1
+            with ep:
+                # (the second epoll message still waits: end b is readable, both items report)
+                assert len(ep.poll(0)) == 2
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_an_epoll_in_flight_watching_another_file_refused_before_stop(case):
+    _refused_before_stop(case, """
+import select, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+ep = select.epoll(); ep.register(r, select.EPOLLIN)
+socket.send_fds(a, [b"e"], [ep.fileno()]); ep.close()
+os.dup2(b.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(r, 12)
+""", "an epoll in flight watching a file other than an end of the socket pair it waits on")
+
+
+def test_validator_takes_an_epoll_in_flight_on_a_pair_only():
+    from engine import image
+    from engine.fds import unix_check
+    ep = {"kind": "epoll", "flags": 2, "pos": 0, "targets": [{"fd": 5, "events": 1, "data": 5, "end": 1}]}
+    unix_check._check_msgs([{"data": "eA==", "fds": [ep]}], "object x", pair=True)
+    unix_check._check_msgs([{"data": "eA==", "fds": [{**ep, "targets": []}]}], "fd 3")
+    with pytest.raises(image.ImageError, match="bad epoll in flight"):
+        unix_check._check_msgs([{"data": "eA==", "fds": [ep]}], "fd 3")
+    for bad in ({"fd": 5, "events": 1, "data": 5, "end": 2}, {"fd": 5, "events": 1 << 30, "data": 5, "end": 0},
+                {"fd": 5, "events": 1, "data": 5}):
+        with pytest.raises(image.ImageError, match="bad target of an epoll in flight"):
+            unix_check._check_msgs([{"data": "eA==", "fds": [{**ep, "targets": [bad]}]}], "x", pair=True)
+
+
+# A memfd in flight (what Wayland clients and PipeWire send): sealed, written, its offset moved,
+# sent and closed by its sender; its content, name, seals and offset come back with it.
+MEMFD_INFLIGHT = py_hold("""
+import fcntl, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+m = os.memfd_create("pool", os.MFD_ALLOW_SEALING)
+os.write(m, b"shared pixels"); os.lseek(m, 7, os.SEEK_SET)
+fcntl.fcntl(m, 1033, 4)   # F_ADD_SEALS, F_SEAL_GROW
+socket.send_fds(a, [b"m"], [m]); os.close(m)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11)
+""")
+
+
+def test_a_memfd_in_flight_comes_back_with_its_content(case):
+    state = case.roundtrip(MEMFD_INFLIGHT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        b.setblocking(False)
+        data, fd = _received(b, 10)
+        try:
+            assert data == b"m" and os.readlink(f"/proc/self/fd/{fd}") == "/memfd:pool (deleted)"
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 7 and os.pread(fd, 100, 0) == b"shared pixels"
+            assert fcntl.fcntl(fd, 1034) == 4   # F_GET_SEALS
+        finally:
+            os.close(fd)
+
+
+def test_validator_takes_a_memfd_in_flight_by_its_object_only():
+    from engine import image
+    from engine.fds import unix_check
+    m = {"kind": "memfd", "flags": 2, "pos": 0, "obj": "memfd-7"}
+    unix_check._check_msgs([{"data": "eA==", "fds": [m]}], "fd 3")
+    for bad in ({**m, "mnt": 1, "path": "/x"}, {k: v for k, v in m.items() if k != "obj"}):
+        with pytest.raises(image.ImageError, match="bad memfd in flight"):
+            unix_check._check_msgs([{"data": "eA==", "fds": [bad]}], "fd 3")
+
+
+# An eventfd, a signalfd and a timerfd in flight (vhost-user backends get their eventfds so), each
+# closed by its sender: their state (a count, a mask, a clock and interval) comes back with them.
+STATE_INFLIGHT = py_hold("""
+import signal, socket, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+e = os.eventfd(5, os.EFD_SEMAPHORE | os.EFD_NONBLOCK)
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+mask = ctypes.c_uint64(1 << (signal.SIGUSR1 - 1))
+s = libc.signalfd(-1, ctypes.byref(mask), 0)
+t = libc.timerfd_create(time.CLOCK_MONOTONIC, 0)
+spec = struct.pack("qqqq", 3600, 0, 3600, 0)
+libc.timerfd_settime(t, 0, spec, None)
+socket.send_fds(a, [b"3"], [e, s, t]); os.close(e); os.close(s); os.close(t)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11)
+""")
+
+
+def test_eventfd_signalfd_and_timerfd_in_flight_come_back_with_their_state(case):
+    state = case.roundtrip(STATE_INFLIGHT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        b.setblocking(False)
+        data, fds, _, _ = socket.recv_fds(b, 10, 3)
+        try:
+            assert data == b"3" and len(fds) == 3
+            info = []
+            for fd in fds:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    info.append(dict(line.split(":", 1) for line in f.read().splitlines()))
+            assert os.eventfd_read(fds[0]) == 1 and info[0]["eventfd-count"].strip() == "5"
+            assert info[0]["eventfd-semaphore"].strip() == "1" and int(info[0]["flags"], 8) & os.O_NONBLOCK
+            assert int(info[1]["sigmask"], 16) == 1 << (signal.SIGUSR1 - 1)
+            assert info[2]["clockid"].strip() == "1" and info[2]["it_interval"].strip() == "(3600, 0)"
+            assert 0 < int(info[2]["it_value"].strip("() ").split(",")[0]) <= 3600
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def test_validator_checks_an_eventfd_in_flight_as_an_eventfd():
+    from engine import image
+    from engine.fds import unix_check
+    e = {"kind": "eventfd", "flags": 2, "pos": 0, "count": 5, "semaphore": True}
+    unix_check._check_msgs([{"data": "eA==", "fds": [e]}], "fd 3")
+    for bad in ({**e, "count": -1}, {**e, "semaphore": "yes"}, {**e, "mnt": 1}, {k: v for k, v in e.items() if k != "count"}):
+        with pytest.raises(image.ImageError):
+            unix_check._check_msgs([{"data": "eA==", "fds": [bad]}], "fd 3")

@@ -522,6 +522,7 @@ class _Run:
         self.dev = os.path.join(self.mounts, "dev")
         self.test_pid: int | None = None
         self.restored: int | None = None
+        self.held: list[int] = []   # the test's processes the driver stopped (hold_still)
 
     def res(self, outcome: str, stage: str = "", detail: str = "") -> Result:
         return Result(self.p.name, outcome, stage, detail)
@@ -566,6 +567,7 @@ class _Run:
         pid = self.test_pid
         ignore = ()
         before = snapshot.take(pid, ignore_maps_on=ignore)   # (taken once the test sleeps: snapshot.settle)
+        before = self.hold_still(before)
         _save(os.path.join(self.w, "before.txt"), before.text())
         images = os.path.join(self.w, "images")
         opts = options(self.p.desc)
@@ -577,6 +579,7 @@ class _Run:
         err = _mntcr("dump", ["-t", str(pid), "-D", images, "--leave-running", "--external", "mnt[/dev]:ZDTM_DEV",
                               *dump_ext],
                      os.path.join(self.w, "dump.log"), self.timeout * 2)
+        self.resume()
         if err:
             if err.startswith(TIMED_OUT):
                 return self.res("fail", "dump", f"mntcr dump {err}")   # (killed: no refusal line)
@@ -610,12 +613,55 @@ class _Run:
         after = snapshot.take(self.restored, ignore_maps_on=ignore)
         _save(os.path.join(self.w, "after.txt"), after.text())
         equal, report = snapshot.compare(before, after, names=("test", "restored"))
+        if not equal:
+            # The kernel may change what no process does between `before` and the dump (TCP autotunes
+            # a send buffer): the restored tree equals the test's state at the dump, which is then
+            # its state after it (left running, it keeps what the kernel changed).
+            equal = snapshot.compare(snapshot.take(pid, ignore_maps_on=ignore), after)[0]
         snapshot.kill_tree(self.restored)
         self.restored = None
         if not equal:
             busy = "" if before.settled else " (the test was still running when its state was taken: it never slept)"
             return self.res("fail", "compare", f"restored state differs from the test's{busy}:\n" + report)
         return self.verdict()
+
+    def hold_still(self, before: snapshot.Snapshot) -> snapshot.Snapshot:
+        """The test's state as the dump will read it. A test that moves on its own (it never sleeps, or a
+        second look differs: a heartbeat, a timer's thread, TCP moving its bytes) would be read by the
+        dump in another state than `before`: the driver stops each of its processes (SIGSTOP, as a job
+        is stopped; the dump keeps them stopped and restore makes them stopped again) and takes its
+        state once two looks agree; `resume` lets them go on after the dump. Returns the state."""
+        pid = self.test_pid
+        again = snapshot.take(pid, ignore_maps_on=())
+        equal, report = snapshot.compare(before, again, names=("first look", "second look"))
+        if before.settled and equal:
+            return before
+        print(f"criu_tests: {self.p.name} moves on its own ({'never sleeps' if not before.settled else report}): "
+              "stopped (SIGSTOP) for its state and the dump", file=sys.stderr, flush=True)
+        # Parents first, each stopped before its children: a child's stop sends its parent SIGCHLD,
+        # which a parent still running would handle meanwhile (zdtm's ns init: stopped inside its
+        # handler, its mask then blocks SIGCHLD and SIGTERM); a stopped one keeps it pending.
+        self.held = [p for p in snapshot.tree_pids(pid) if _state(p) not in ("T", "Z", "X", "")]
+        deadline = time.monotonic() + self.timeout
+        for p in self.held:
+            os.kill(p, signal.SIGSTOP)
+            while any(_state(t) not in ("T", "t", "Z", "X", "") for t in _tids(p)) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        now = snapshot.take(pid, ignore_maps_on=())
+        for _ in range(10):   # (the kernel may still move bytes between stopped processes' sockets)
+            before, now = now, snapshot.take(pid, ignore_maps_on=())
+            if snapshot.compare(before, now)[0]:
+                break
+        return now
+
+    def resume(self) -> None:
+        """SIGCONT the processes `hold_still` stopped."""
+        for p in self.held:
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.held = []
 
     def keep_outputs(self) -> None:
         """Copy the test's own output files (NAME.out*, the root dies with the helper) into the workdir."""
@@ -662,6 +708,22 @@ class _Run:
                                    stderr=log, timeout=60)
                 except (OSError, subprocess.SubprocessError):
                     pass   # its log says what went wrong; nothing it cleans is needed by the result
+
+
+def _state(pid: int) -> str:
+    """The state letter of process (or thread) `pid` in /proc/PID/stat, "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _tids(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
 
 
 def _drop_copy_events(pid: int) -> None:

@@ -120,6 +120,63 @@ def _line_ino(line: str) -> int:
     return int(m[1], 16) if m else -1
 
 
+MAX_INFLIGHT_TARGETS = 1024   # (an end of the pair under many numbers: the validator's bound too)
+
+
+def inflight_targets(fd: int, what: str, selves) -> list[dict]:
+    """The targets of an epoll in flight (our copy `fd`), each {fd, events, data, end}: only an end
+    of the pair whose queue it waits on (`selves`, {socket inode: end} or the inodes alone) can be
+    registered again (by the stand-in that makes the pair, its new end put at that number for the
+    call: `arm_inflight`); any other target, or a one-shot one that fired, is refused."""
+    targets = []
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        lines = [line.partition(":")[2].strip() for line in f if line.startswith("tfd:")]
+    if len(lines) > MAX_INFLIGHT_TARGETS:
+        raise FdError(0, f"{what}: an epoll in flight with {len(lines)} targets: more than {MAX_INFLIGHT_TARGETS} "
+                         "is not supported")
+    for line in lines:
+        m = _TFD.match(line)
+        if m is None:
+            raise FdError(0, f"{what}: unreadable epoll target {line!r}")
+        ino = _line_ino(line)
+        if ino not in selves:
+            raise FdError(0, f"{what}: an epoll in flight watching a file other than an end of the socket pair it "
+                             f"waits on (its target fd {m[1]}): not supported; dump once the program received it")
+        target = {"fd": int(m[1]), "events": int(m[2], 16), "data": int(m[3], 16)}
+        if _disarmed(target["events"]):
+            raise FdError(0, f"{what}: an epoll in flight with a one-shot target that fired (fd {m[1]}): not "
+                             "supported; dump once the program received it")
+        if isinstance(selves, dict):
+            target["end"] = selves[ino]
+        targets.append(target)
+    return targets
+
+
+def check_inflight_targets(ts, what: str) -> None:
+    """The image validator's part for an epoll in flight's targets (`inflight_targets`)."""
+    from engine.image import _fail
+    if not isinstance(ts, list) or len(ts) > MAX_INFLIGHT_TARGETS:
+        _fail(f"{what}: bad targets of an epoll in flight")
+    for t in ts:
+        if not isinstance(t, dict) or set(t) != {"fd", "events", "data", "end"} \
+                or not all(type(t[k]) is int for k in t) or t["end"] not in (0, 1) \
+                or not 0 <= t["fd"] <= 1 << 20 or not 0 <= t["events"] < 1 << 32 or not 0 <= t["data"] < 1 << 64 \
+                or _disarmed(t["events"]):
+            _fail(f"{what}: bad target of an epoll in flight {t!r}")
+
+
+def arm_inflight(epfd: int, targets: list[dict], ends) -> None:
+    """In the stand-in that makes a socket pair: register an epoll in flight's targets on the new
+    pair's `ends` (fd numbers), each under the number it was registered under (the epoll itself
+    moved off the numbers meanwhile: the stand-in got it at any number, maybe that one)."""
+    import fcntl
+    high = fcntl.fcntl(epfd, fcntl.F_DUPFD_CLOEXEC, 1024)
+    try:
+        _register((high, [{**t, "via": ends[t["end"]]} for t in targets]), [])
+    finally:
+        os.close(high)
+
+
 def _check(entry: dict, what: str) -> None:
     from engine.image import _fail
     ts = entry.get("targets")

@@ -145,8 +145,9 @@ def _gone_sender(x, entry: dict) -> bool:
 
 
 def _check_msgs(queue, what: str, pair: bool = False) -> None:
-    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO or pipe,
-    or, on a pair's queue (`pair`), {kind: pair_end, end: 0|1}: an end of that pair]}."""
+    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO, pipe,
+    memfd, eventfd, signalfd, timerfd or epoll (its targets only on a pair's queue), or, on a pair's queue (`pair`), {kind:
+    pair_end, end: 0|1}: an end of that pair]}."""
     from engine.image import _fail, check_abs_path
     if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
         _fail(f"{what}: bad queued messages")
@@ -162,6 +163,12 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                     if not pair or set(f) != {"kind", "end"} or f["end"] not in (0, 1) or type(f["end"]) is not int:
                         _fail(f"{what}: bad pair end in flight")
                     continue
+                if isinstance(f, dict) and f.get("kind") == "epoll":
+                    _check_epoll(f, what, pair)
+                    continue
+                if isinstance(f, dict) and f.get("kind") in unix_queue.STATE_KINDS:
+                    _check_state(f, what)
+                    continue
                 if not isinstance(f, dict) or f.get("kind") not in unix_queue.INFLIGHT_KINDS \
                         or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
                         or ("obj" in f and (f["kind"] == "file" or not isinstance(f["obj"], str))) \
@@ -170,14 +177,35 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                         or f.get("type", "file") not in ("file", "dir", "sock") \
                         or f.get("type") == "sock" and not f["flags"] & os.O_PATH:   # (engine/fds/file.py)
                     _fail(f"{what}: bad fd in flight")
-                if f["kind"] == "pipe":
-                    # (no file: its pipe object, nothing on a mount)
+                if f["kind"] in ("pipe", "memfd"):
+                    # (no file: its pipe or memfd object, nothing on a mount)
                     if "obj" not in f or {"mnt", "path", "type"} & set(f):
-                        _fail(f"{what}: bad pipe in flight")
+                        _fail(f"{what}: bad {f['kind']} in flight")
                     continue
                 if type(f.get("mnt")) is not int:
                     _fail(f"{what}: bad fd in flight")
                 check_abs_path(f.get("path"), what)
+
+
+def _check_state(f: dict, what: str) -> None:
+    """An eventfd, signalfd or timerfd in flight: its kind's own fields, checked as an fd's of that kind."""
+    from engine import fds, imageformat
+    from engine.image import _fail
+    kind = fds.lookup(f["kind"])
+    if set(f) - {"kind", "flags", "pos"} - set(kind.fields):
+        _fail(f"{what}: bad {f['kind']} in flight")
+    imageformat.check_record(imageformat._kind_record(kind), {**f, "fd": 0}, f"{what}: {f['kind']} in flight")
+    kind.check(f, f"{what}: {f['kind']} in flight")
+
+
+def _check_epoll(f: dict, what: str, pair: bool) -> None:
+    """An epoll in flight: its flags and targets, ends of the pair whose queue it waits on (`pair`)."""
+    from engine.fds import epoll
+    from engine.image import _fail
+    if set(f) != {"kind", "flags", "pos", "targets"} or type(f["flags"]) is not int \
+            or not 0 <= f["flags"] < 1 << 22 or f["pos"] != 0 or (f["targets"] and not pair):
+        _fail(f"{what}: bad epoll in flight")
+    epoll.check_inflight_targets(f["targets"], what)
 
 
 def check_object(obj: dict, what: str) -> None:

@@ -1,8 +1,10 @@
 """What is queued on a unix socket and the fds in flight with it.
 
 Dump peeks the messages of a datagram or seqpacket socket with a peek offset (their bounds kept)
-and describes each fd in flight as a file or FIFO on a mount of the tree, or a pipe; restore opens
-those again and sends the queue from the peer, one message a send.
+and describes each fd in flight as a file or FIFO on a mount of the tree, a pipe, a memfd (its
+object: name, content, seals), an eventfd, signalfd or timerfd (their state, as their kinds dump
+it), or an epoll whose targets are ends of the pair it waits on; restore
+opens those again and sends the queue from the peer, one message a send.
 """
 
 from __future__ import annotations
@@ -94,7 +96,12 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
     return out
 
 
-INFLIGHT_KINDS = ("file", "fifo", "pipe")
+# Kinds whose whole state their fdinfo gives: dumped from our copy of one in flight as from the
+# tree's fds, by the kind itself.
+STATE_KINDS = ("eventfd", "signalfd", "timerfd")
+INFLIGHT_KINDS = ("file", "fifo", "pipe", "epoll", "memfd") + STATE_KINDS
+# The object kind an fd in flight of each kind names (`obj`).
+INFLIGHT_OBJECTS = {"fifo": "pipe", "pipe": "pipe", "memfd": "memfd"}
 # An end of the very pair whose queue it waits on (CRIU's scm06: a datagram pair's ends sent over each
 # other): {kind, end}, sent again as that end of the new pair, the same description.
 PAIR_END = "pair_end"
@@ -108,9 +115,30 @@ def inflight_kind(d, fd: int, target: str, mode: int, selves=()):
         return None
     kind = kinds.classify(target, mode)
     if kind is None or kind.name not in INFLIGHT_KINDS:
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs and pipes "
-                                        "in flight are supported")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs, pipes and "
+                                        "epolls in flight are supported")
+    if kind.name == "epoll":   # (refused unless each target is an end of this pair)
+        from engine.fds import epoll
+        epoll.inflight_targets(fd, f"{d.where}: an fd in flight ({target})", selves)
+    if kind.name == "memfd":   # (its size)
+        kind.precheck(_Copy(fd, target, f"{d.where}: an fd in flight ({target})", {}))
     return kind
+
+
+class _Copy:
+    """Our copy of an fd in flight as a kind's dump hook sees an fd of the tree (pid, fd, target)."""
+
+    def __init__(self, fd: int, target: str, where: str, objects: dict):
+        self.pid, self.fd, self.target, self.where, self.objects = "self", fd, target, where, objects
+
+    def info(self) -> dict[str, list[str]]:
+        """Our copy's fdinfo as {key: [values of each line with that key]} (FdDump.info)."""
+        out: dict[str, list[str]] = {}
+        with open(f"/proc/self/fdinfo/{self.fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip(), []).append(value.strip())
+        return out
 
 
 def refuse_head_inflight(d, s: socket.socket, selves=()) -> None:
@@ -158,6 +186,15 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
             key, _, value = line.partition(":")
             info[key.strip()] = value.strip()
     entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
+    if kind.name == "epoll":
+        from engine.fds import epoll
+        entry["targets"] = epoll.inflight_targets(fd, what, selves or {})
+        return entry
+    if kind.name == "memfd" or kind.name in STATE_KINDS:
+        # (a memfd's object: name, content and seals, shared with the tree's fds on it; an eventfd's
+        # count, a signalfd's mask, a timerfd's clock and times)
+        entry.update(kind.dump(_Copy(fd, target, what, d.objects)))
+        return entry
     if kind.name == "file":
         entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "sock" if stat.S_ISSOCK(st.st_mode) else "file"
     else:
@@ -224,6 +261,7 @@ def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]
                 if len(opened) != n or (len(m["fds"]) > n and len(ends) != 2):
                     raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
                 mine = [ends[f["end"]] if f["kind"] == PAIR_END else opened.pop(0) for f in m["fds"]]
+                _arm(m["fds"], mine, ends)
                 data = binascii.a2b_base64(m["data"])
                 sent = socket.send_fds(peer, [data], mine, socket.MSG_DONTWAIT)
                 if stream:
@@ -236,6 +274,16 @@ def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]
         # (one argument: the stand-in reports str(e), which would show an errno before it)
         raise FdError(f"its queue does not fit back: the socket takes {i} of its {len(queue)} messages") from None
     return fds
+
+
+def _arm(entries: list, fds: list[int], ends) -> None:
+    """Register the targets of the epolls in flight among `entries` (our fds `fds`) on the new pair's `ends`."""
+    for f, fd in zip(entries, fds):
+        if f["kind"] == "epoll" and f.get("targets"):
+            if len(ends) != 2:
+                raise FdError(errno.EINVAL, "an epoll in flight watches an end of a socket pair, on a socket of none")
+            from engine.fds import epoll
+            epoll.arm_inflight(fd, f["targets"], ends)
 
 
 def send_all(sock: socket.socket, data: bytes) -> None:
@@ -263,11 +311,14 @@ def open_inflight(r: RestoreFd, msgs) -> list[int]:
                     continue   # (the new pair's own end: send_queue)
                 if "mnt" in f and f["mnt"] not in r.entry.get("mnts", ()):
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
-                if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != "pipe":
-                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no pipe object {f['obj'][:40]!r}")
+                want = INFLIGHT_OBJECTS.get(f["kind"])
+                if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != want:
+                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no {want} object {f['obj'][:40]!r}")
                 sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
                                 standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
                 out.append(kinds.lookup(f["kind"]).open(sub))
+                if f["kind"] == "epoll" and f["flags"] & os.O_NONBLOCK:
+                    os.set_blocking(out[-1], False)
     except BaseException:
         for x in out:
             os.close(x)
