@@ -87,8 +87,11 @@ mode mod symhash jhash seed stmt | & ^ << >> != == < > <= >= in
 # (the expressions and set types whose values are IP addresses: a name there is resolved by nft)
 _ADDR_FIELDS = {("ip", "saddr"), ("ip", "daddr"), ("ip6", "saddr"), ("ip6", "daddr"), ("arp", "saddr ip"), ("arp", "daddr ip")}
 _ADDR_TYPES = ("ipv4_addr", "ipv6_addr")
-_SERVICES = "/etc/services"
-_NUMBER_TYPES = {"inet_service": _SERVICES, "uid": "passwd", "gid": "group"}   # (see _looked_up)
+_SERVICES, _PROTOCOLS = "/etc/services", "/etc/protocols"
+_NUMBER_TYPES = {"inet_service": _SERVICES, "uid": "passwd", "gid": "group", "inet_proto": _PROTOCOLS}   # (_looked_up)
+# (the protocol names iptables' own table knows, which images of every version hold: `-p tcp`; any
+# other name is a number in the image, dump writes it so: nft -p, `_xt_numbered`)
+_KNOWN_PROTOCOLS = frozenset("tcp udp udplite icmp ipv6-icmp icmpv6 sctp esp ah mh all".split())
 _NAME = rx.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 _TEXT = rx.compile(r"^[\x20-\x7e]*\Z")
 # iptables-save text: the options, matches and targets of the rules it writes that act in the namespace
@@ -106,7 +109,7 @@ _XT_ADDR_OPTS = ("-s", "-d", "--ctorigsrc", "--ctorigdst", "--ctreplsrc", "--ctr
 # /etc/services, a user or group through nsswitch; iptables-save writes numbers)
 _XT_NUMBER_OPTS = {"--dport": "/etc/services", "--sport": "/etc/services", "--dports": "/etc/services",
                    "--sports": "/etc/services", "--uid-owner": "passwd", "--gid-owner": "group",
-                   "--to-ports": "/etc/services"}
+                   "--to-ports": "/etc/services", "-p": "/etc/protocols", "--ctproto": "/etc/protocols"}
 _XT_NAT_TO = ("--to-destination", "--to-source")   # ([ADDR[-ADDR]][:PORT[-PORT]]: its ports looked up too)
 _XT_NUMBER = rx.compile(r"^!?[0-9]{1,10}(?:[:,-][0-9]{1,10}){0,15}\Z")
 _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport mark addrtype limit owner iprange mac "
@@ -150,7 +153,8 @@ def _read_here() -> dict:
     if not _has_tables():
         return {}
     try:
-        doc = json.loads(_run(["nft", "-j", "list", "ruleset"]) or b'{"nftables": []}')
+        doc = json.loads(_run(["nft", "-j", "-p", "list", "ruleset"]) or b'{"nftables": []}')   # (-p: protocols
+        # as numbers, which restore's nft looks up nowhere)
     except ValueError:   # (nft 1.0.6 lists a table's flags so: `flags dormant`)
         raise NetfilterError(errno.EOPNOTSUPP, "its network namespace's firewall is not listed as JSON by `nft -j "
                                                "list ruleset` (this nft's bug with a table's flags: dormant): not "
@@ -171,8 +175,29 @@ def _read_here() -> dict:
                                                    f"mixes iptables-nft's rules with nft's own, which {tool}-nft cannot "
                                                    f"list: not supported; {_WHAT_TO_DO}")
         if text:
-            out[tool] = "".join(line + "\n" for line in text.splitlines() if line and not line.startswith("#"))
+            out[tool] = _xt_numbered("".join(line + "\n" for line in text.splitlines()
+                                             if line and not line.startswith("#")))
     return out
+
+
+def _xt_numbered(text: str) -> str:
+    """iptables-save `text` with each protocol name of -p and --ctproto but `_KNOWN_PROTOCOLS` given
+    as its number here (iptables-save names them from this host's /etc/protocols: -p gre; restore's
+    tool would look the name up in the restoring host's); one unknown here stays, for the check."""
+    import socket
+    out = []
+    for line in text.splitlines():
+        words, quoted = line.split(" "), False
+        for i in range(1, len(words)):
+            w = words[i]
+            if not quoted and words[i - 1] in ("-p", "--ctproto") and w not in _KNOWN_PROTOCOLS and not w.isdigit():
+                try:
+                    words[i] = str(socket.getprotobyname(w))
+                except OSError:
+                    pass
+            quoted = quoted != (w.count('"') % 2 == 1)   # (a comment's words)
+        out.append(" ".join(words) + "\n")
+    return "".join(out)
 
 
 def _table_of(obj: dict) -> tuple:
@@ -361,7 +386,7 @@ def _number_check(fail):
     ruleset`), a name would ask this host's databases (LDAP, sssd)."""
     def check(v: str, db) -> None:
         # (a bare string where a concatenation goes: nft refuses its type before it parses a name)
-        if type(db) is not list and not v.startswith("@"):
+        if type(db) is not list and not v.startswith("@") and not (db == _PROTOCOLS and v in _KNOWN_PROTOCOLS):
             fail(f"{v[:40]!r} is not a number: nft would look it up in this host's {db}")
     return check
 
@@ -463,6 +488,9 @@ def _looked_up(expr) -> str | None:
     if k == "payload" and v.get("field") in ("sport", "dport") or \
             k == "ct" and str(v.get("key")).split(" ")[-1] in ("proto-src", "proto-dst"):
         return _SERVICES
+    if k == "payload" and (v.get("protocol"), v.get("field")) in (("ip", "protocol"), ("ip6", "nexthdr")) or \
+            k in ("meta", "ct") and v.get("key") in ("l4proto", "protocol") and (k, v["key"]) != ("meta", "protocol"):
+        return _PROTOCOLS   # (a layer 4 protocol: getprotobyname)
     if k == "meta" and v.get("key") in ("skuid", "skgid"):
         return "passwd" if v["key"] == "skuid" else "group"
     return None
@@ -525,7 +553,8 @@ def _check_rule(words: list[str], line: str, chains: set[str], tool: str, fail) 
             fail(f"{tool}: target {w[:30]!r} is neither one restore makes nor a chain of the table")
         if len(w) > MAX_STR:
             fail(f"{tool}: a word of more than {MAX_STR} characters")
-        if prev in _XT_NUMBER_OPTS and not _XT_NUMBER.match(w):
+        if prev in _XT_NUMBER_OPTS and not _XT_NUMBER.match(w) and not (prev in ("-p", "--ctproto")
+                                                                         and w in _KNOWN_PROTOCOLS):
             fail(f"{tool}: {prev} {w[:40]!r} is not a number: the -restore tools would look it up in this "
                  f"host's {_XT_NUMBER_OPTS[prev]}")
         if prev in _XT_NAT_TO and not _xt_nat_to(w):

@@ -7,6 +7,7 @@ iptables option that runs or reads something of the host's, a device of the host
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ iptables -A INPUT -i lo -j LOCAL81
 iptables -t nat -A OUTPUT -d 127.0.0.1/32 -p tcp --dport 80 -j REDIRECT --to-ports 8080
 ip6tables -A INPUT -p tcp --dport 83 -j REJECT --reject-with tcp-reset
 iptables -t mangle -A OUTPUT -p tcp --dport 84 -j DROP
+iptables -A OUTPUT -p gre -j ACCEPT
 nft add table ip raw
 nft add set ip raw blocked '{ type ipv4_addr; elements = { 192.0.2.1 } }'
 iptables -t nat -N DOCKER_OUTPUT
@@ -48,6 +50,7 @@ table inet guard {
     chain out {
         type filter hook output priority 0; policy accept;
         tcp dport @ports counter name "dropped" drop
+        meta l4proto gre counter
     }
 }
 EOF
@@ -142,9 +145,13 @@ def test_iptables_tables_kept_as_text(case):
     assert "-A OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 8080" in kept["iptables"]
     assert [t for t in kept["iptables"].splitlines() if t.startswith("*")] == ["*filter", "*nat"], kept["iptables"]
     assert "--dport 83 -j REJECT" in kept["ip6tables"]
+    assert "-A OUTPUT -p 47 -j ACCEPT" in kept["iptables"], kept["iptables"]   # (-p gre: a number, `_xt_numbered`)
+    assert "-A LOCAL81 -p tcp -m tcp --dport 81" in kept["iptables"], kept["iptables"]   # (iptables' own name)
     tables = sorted((o["table"]["family"], o["table"]["name"]) for o in kept["nft"] if "table" in o)
     assert tables == [("inet", "guard"), ("ip", "mangle"), ("ip", "raw")], tables
     assert not any("handle" in body for o in kept["nft"] for body in o.values())
+    assert '"left": {"meta": {"key": "l4proto"}}, "op": "==", "right": 47}' in json.dumps(kept["nft"], sort_keys=True), \
+        kept["nft"]   # (meta l4proto gre: a number, nft -p)
 
 
 @pytest.mark.parametrize("rules, why", [
@@ -352,6 +359,17 @@ def test_validator_numeric_addresses_pass():
      r"iptables: --to-destination '10.0.0.1:ssh' is not numeric .*this host's /etc/services"),
     (lambda k: k.update(ip6tables=k["iptables"].replace("-j X", "-p tcp -j SNAT --to-source [::1]:http")),
      r"ip6tables: --to-source '\[::1\]:http' is not numeric"),
+    # (a protocol name but iptables' own: looked up by getprotobyname, in this host's protocols database)
+    (lambda k: k["nft"].append(_rule([_match({"meta": {"key": "l4proto"}}, "evil")])),
+     r"'evil' is not a number: nft would look it up in this host's /etc/protocols"),
+    (lambda k: k["nft"].append(_rule([_match({"payload": {"protocol": "ip6", "field": "nexthdr"}}, {"set": [6, "gre"]})])),
+     r"'gre' is not a number"),
+    (lambda k: k["nft"].append({"set": {"family": "inet", "table": "t", "name": "p", "type": "inet_proto",
+                                        "elem": ["tcp", "ospf"]}}), r"nft set 'p': 'ospf' is not a number"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-p evil -j X")),
+     r"iptables: -p 'evil' is not a number: the -restore tools would look it up in this host's /etc/protocols"),
+    (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-m conntrack --ctproto gre -j X")),
+     r"iptables: --ctproto 'gre' is not a number"),
 ])
 def test_validator(mut, pattern):
     """Each hostile ruleset is refused by the image's rule, one line naming what; the good one passes."""

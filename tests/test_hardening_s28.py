@@ -1,7 +1,7 @@
 """Hostile images against session 27's surface, read by session 28's review: packet socket rings
 (engine/fds/packet.py: their geometry is kernel memory restore asks for, charged to no memory
 cgroup) and the names nft and the -restore tools look up in the restoring host's databases where a
-port goes (engine/netfilter.py: NAT ports, maps keyed by a port, named maps).
+port or a protocol goes (engine/netfilter.py: NAT ports, maps keyed by a port, named maps, meta l4proto).
 
 The image is a real dump of a tree in a network namespace of its own with three packet sockets
 (test_engine_packet.RINGS: rings, one mapped, a fanout group, memberships), changed the way an
@@ -79,11 +79,13 @@ _DPORT = {"payload": {"protocol": "tcp", "field": "dport"}}
     (lambda d: d.update(netfilter={_net(d): {"iptables": "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p tcp -j DNAT "
                                                          "--to-destination 10.0.0.1:ssh\nCOMMIT\n"}}),
      r"iptables: --to-destination '10.0.0.1:ssh' is not numeric"),
+    (lambda d: _nft(d, [_rule([{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "evil"}}])]),
+     r"'evil' is not a number: nft would look it up in this host's /etc/protocols"),
     # (the fds of one socket disagree: the program's own fd with 2 GiB, its dup2 copy 8 MiB)
     (lambda d: [_ring(f, 1 << 30 if f["fd"] < 10 else 1 << 22, ("rx", "tx")) for f in _packets(d)],
      r"the image's packet sockets' rings take 6442450944 bytes"),
 ], ids=["ring-1TiB", "rings-together", "nft-dnat-port", "nft-vmap-dport", "nft-map-inet_service",
-        "iptables-dnat-port", "rings-together-fds-disagree"])
+        "iptables-dnat-port", "nft-l4proto-name", "rings-together-fds-disagree"])
 def test_refused(image_dir, tmp_path, mutate, pattern):
     """Each hostile change is refused in one line, nothing left behind, the image unchanged."""
     refused(_mutated(image_dir, tmp_path, mutate), pattern, tmp_path)
