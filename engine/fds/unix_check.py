@@ -146,8 +146,8 @@ def _gone_sender(x, entry: dict) -> bool:
 
 def _check_msgs(queue, what: str, pair: bool = False) -> None:
     """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO, pipe,
-    memfd, eventfd, signalfd, timerfd or epoll (its targets only on a pair's queue), or, on a pair's queue (`pair`), {kind:
-    pair_end, end: 0|1}: an end of that pair]}."""
+    memfd, eventfd, signalfd, timerfd or epoll (its targets only on a pair's queue), or, on a
+    pair's queue (`pair`), {kind: pair_end, end: 0|1}: an end of that pair]}."""
     from engine.image import _fail, check_abs_path
     if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
         _fail(f"{what}: bad queued messages")

@@ -115,8 +115,8 @@ def inflight_kind(d, fd: int, target: str, mode: int, selves=()):
         return None
     kind = kinds.classify(target, mode)
     if kind is None or kind.name not in INFLIGHT_KINDS:
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs, pipes and "
-                                        "epolls in flight are supported")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs, pipes, "
+                                        "memfds, eventfds, signalfds, timerfds and epolls in flight are supported")
     if kind.name == "epoll":   # (refused unless each target is an end of this pair)
         from engine.fds import epoll
         epoll.inflight_targets(fd, f"{d.where}: an fd in flight ({target})", selves)
