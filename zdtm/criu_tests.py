@@ -641,7 +641,8 @@ class _Run:
         # Parents first, each stopped before its children: a child's stop sends its parent SIGCHLD,
         # which a parent still running would handle meanwhile (zdtm's ns init: stopped inside its
         # handler, its mask then blocks SIGCHLD and SIGTERM); a stopped one keeps it pending.
-        self.held = [p for p in snapshot.tree_pids(pid) if _state(p) not in ("T", "Z", "X", "")]
+        self.held = [p for p in snapshot.tree_pids(pid) if _state(p) not in ("T", "t", "Z", "X", "")]   # (not a
+        # stopped or traced one: it stays so; SIGCONT would wake it)
         deadline = time.monotonic() + self.timeout
         for p in self.held:
             os.kill(p, signal.SIGSTOP)
