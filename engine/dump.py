@@ -161,7 +161,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         freeze.wait_stopped(pids)
         # The tree as it is once stopped: a process forked since the look above (a shell's next
         # command) stopped too, one that exited since a zombie or gone (engine/freeze.py).
-        now, started = freeze.settle(root_pid, everyone, daemons)
+        now, started = freeze.settle(root_pid, everyone, daemons, ours=resume)
         if started:
             watchdogs.append(freeze.watchdog(started))
             resume += started

@@ -207,19 +207,23 @@ def refuse_zombies(tree) -> None:
                                           "keeps running")
 
 
-def settle(root_pid: int, known, skip=(), rounds: int = 50) -> tuple[list[tuple[int, int | None]], list[int]]:
+def settle(root_pid: int, known, skip=(), rounds: int = 50, ours=()) -> tuple[list[tuple[int, int | None]], list[int]]:
     """Once the processes `known` (pids) are stopped: the tree as it is now ([(pid, ppid)], parents
     first, `skip`'s processes and their children left out) and the processes found running in it
     and stopped here (to resume). A shell loop forks its next command between dump's look at the
     tree and its stop: that child is stopped too and the tree looked at again, until a look finds
     no process running (a stopped parent forks no more: a few looks). One that exited meanwhile
-    is a zombie in the tree now, or gone: the caller takes it as such."""
+    is a zombie in the tree now, or gone: the caller takes it as such. A vfork parent whose child
+    was stopped before its exec (`ours`: the processes this dump stopped) gets past its vfork
+    (finish_vforks)."""
     known = set(known)
     started: list[int] = []
     for _ in range(rounds):
         tree = [(p, pp) for p, pp in process_tree(root_pid) if p not in skip and pp not in skip]
         new = [p for p, _ in tree if p not in known and state(p) not in ("Z", "X", "")]
         if not new:
+            if finish_vforks(tree, set(ours) | set(started)):
+                continue   # (the child that exec'd may have forked: look again)
             return tree, started
         started += [p for p in new if state(p) not in ("T", "t")]   # (one stopped already stays so)
         stop_in_order(new)
@@ -227,6 +231,31 @@ def settle(root_pid: int, known, skip=(), rounds: int = 50) -> tuple[list[tuple[
         known.update(new)
     raise DumpError(errno.EAGAIN, f"the tree of process {root_pid} kept starting processes while dump stopped "
                                   "it: dump again; the tree keeps running")
+
+
+def finish_vforks(tree, ours, timeout: float = 3.0) -> bool:
+    """Let the tree's vfork parents get past their vfork: a parent waits there (uninterruptibly, so it
+    does not stop, and no call runs in it) until its child execs or exits, and the stop caught the
+    child before that (a busy shell loop: dash vforks its commands). Each such child this dump
+    stopped (`ours`) runs again until its parent left the wait (`timeout` seconds at most) and is
+    stopped again; the parent stops on the SIGSTOP it had pending. Whether any child ran (the tree
+    is to be looked at again); a parent still waiting is refused later (engine/inject.py)."""
+    waiting = [p for p, _ in tree if state(p) == "D" and _in_vfork(p)]
+    kids = [c for c, pp in tree if pp in waiting and c in ours and state(c) == "T"]
+    if not kids:
+        return False
+    signal_all(kids, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_in_vfork(p) for p in waiting):
+        time.sleep(0.0005)
+    stop_in_order(kids)
+    wait_stopped(kids + waiting)
+    return True
+
+
+def _in_vfork(pid) -> bool:
+    from engine import inject   # (only when a process is in an uninterruptible wait: rare)
+    return inject.in_vfork(pid)
 
 
 def refuse_left(pids, tree) -> None:
@@ -276,6 +305,8 @@ def wait_stopped(pids, timeout: float = 5.0) -> None:
         for task in tasks:
             pause = 0.0001   # (a sleeping task stops within microseconds: look again soon, then less often)
             while time.monotonic() < deadline and threads.task_state(task) not in ("T", "t", "Z", "X", ""):
+                if threads.task_state(task) == "D" and _in_vfork(task):
+                    break   # (it stops once its vfork child execs: settle's finish_vforks)
                 time.sleep(pause)   # ("": gone)
                 pause = min(pause * 2, 0.002)
 

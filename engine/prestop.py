@@ -232,11 +232,30 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     return owned_ns
 
 
+# How long a vfork parent may wait for one child's exec before the dump refuses it: a shell's child
+# (dash vforks its commands) execs within microseconds, within a second on a loaded machine.
+VFORK_WAIT = 3.0
+
+
 def _check_vfork(pids: list[int]) -> None:
-    """Refuse a process that waits in vfork for its child (engine/inject.py `in_vfork`): dump runs
-    calls in each stopped process, which cannot run there (refused after the stop otherwise)."""
+    """Refuse a process that waits in vfork for its child (engine/inject.py `in_vfork`) for longer
+    than VFORK_WAIT, with the same children all along: dump runs calls in each stopped process,
+    which cannot run there (refused after the stop otherwise). A wait that ends (a busy loop's next
+    command: its children change) is let be: the stop lets it end (engine/freeze.py finish_vforks)."""
+    import time
+    from engine import freeze
+    deadline = time.monotonic() + VFORK_WAIT
     for pid in pids:
-        if inject.in_vfork(pid):
+        first = None
+        while inject.in_vfork(pid) and time.monotonic() < deadline:
+            kids = set(freeze.children(pid))
+            if first is not None and kids != first:
+                break
+            first = kids
+            time.sleep(0.002)
+        else:
+            if not inject.in_vfork(pid):
+                continue
             raise PrestopError(errno.EBUSY, f"process {pid} is in an uninterruptible wait: a vfork parent waits "
                                             "there until its child execs or exits, and no call can be run in it "
                                             "(dump reads its state with calls); dump again once it has left it")
