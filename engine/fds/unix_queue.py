@@ -240,6 +240,48 @@ def _own_fds(m: dict) -> int:
     return sum(1 for f in m["fds"] if f["kind"] != PAIR_END)
 
 
+def peek_stream(s: socket.socket, n: int, where: str) -> bytes:
+    """The `n` bytes queued on stream socket `s`, read without consuming them. One read stops
+    where the writer changes when the reader set SO_PASSCRED (the kernel glues no two writers'
+    bytes: a parent's and its forked child's), so each peek goes on at a peek offset (SO_PEEK_OFF;
+    the socket's own put back). Urgent data (MSG_OOB) is refused (refuse_oob)."""
+    refuse_oob(s, where)
+    saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    parts, got = [], 0
+    try:
+        while got < n:
+            try:
+                part = s.recv(n - got, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+    if got != n:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {n} bytes queued on a unix stream socket, {got} of them "
+                                        "readable: not supported")
+    return b"".join(parts)
+
+
+def refuse_oob(s: socket.socket, where: str) -> None:
+    """Refuse a unix stream socket with urgent data waiting (a byte sent with MSG_OOB, not read
+    yet): every read stops at its mark, restore would queue it as ordinary data. A peek of it
+    (MSG_OOB | MSG_PEEK) returns the byte; EINVAL: none waits (or SO_OOBINLINE), EOPNOTSUPP:
+    a kernel without it."""
+    try:
+        s.recv(1, socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.EAGAIN):
+            return
+        raise
+    raise FdError(errno.EOPNOTSUPP, f"{where}: urgent data (a byte sent with MSG_OOB) waits on a unix stream "
+                                    "socket: not supported (let the program read it, then dump)")
+
+
 def inq(fd: int) -> int:
     """The bytes waiting to be read on socket `fd` (FIONREAD)."""
     import fcntl
