@@ -1,0 +1,64 @@
+"""What is queued on a unix stream comes back whole, or the dump is refused: a reader with
+SO_PASSCRED gets no two writers' bytes in one read (the kernel stops where the writer changes), and
+urgent data (MSG_OOB) stops every read at its mark (engine/fds/unix_queue.py `peek_stream`)."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from enginecase import STOP_WATCH, CRError, case, grab_fd, py_hold, was_stopped  # noqa: F401  (fixture)
+
+TWO_WRITERS = py_hold("""
+import socket
+a, b = socket.socketpair(); b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+a.send(b"from parent\\n")
+if os.fork() == 0:
+    a.send(b"from child\\n"); os._exit(0)
+os.wait()
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+""")
+
+
+def _drain(s: socket.socket) -> bytes:
+    s.setblocking(False)
+    out = b""
+    while True:
+        try:
+            part = s.recv(4096)
+        except BlockingIOError:
+            return out
+        if not part:
+            return out
+        out += part
+
+
+def test_stream_written_by_two_processes_to_a_passcred_reader_comes_back_whole(case):
+    """A parent and its forked child wrote to one end; the other end's reader set SO_PASSCRED. Dump
+    kept the parent's bytes alone before (one peek stops where the writer changes): the restored
+    queue held 12 of 23 bytes."""
+    state = case.roundtrip(TWO_WRITERS)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        assert b.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) == 1
+        assert _drain(b) == b"from parent\nfrom child\n"
+
+
+URGENT = py_hold("""
+import socket
+a, b = socket.socketpair(); a.send(b"ab"); a.send(b"!", socket.MSG_OOB); a.send(b"cd")
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+""")
+
+
+def test_urgent_data_on_a_stream_refused_before_the_stop(case):
+    """A byte sent with MSG_OOB waits on the reader's end: a read stops at its mark, and restore would
+    queue it as ordinary data (dump kept "ab" alone before, silently). Refused naming the socket,
+    the tree never stopped."""
+    pid = case.start(STOP_WATCH + URGENT)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"fd 11 \(socket:\[\d+\]\): urgent data \(a byte sent with MSG_OOB\) waits on a unix stream "
+                     r"socket: not supported", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
