@@ -62,3 +62,21 @@ def test_urgent_data_on_a_stream_refused_before_the_stop(case):
     assert re.search(r"fd 11 \(socket:\[\d+\]\): urgent data \(a byte sent with MSG_OOB\) waits on a unix stream "
                      r"socket: not supported", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+PEEK_OFFSET = py_hold("""
+import socket
+a, b = socket.socketpair(); a.send(b"hello world")
+b.setsockopt(socket.SOL_SOCKET, 42, 0); b.recv(6, socket.MSG_PEEK)   # (its own peek offset: 6)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+""")
+
+
+def test_stream_whose_reader_uses_a_peek_offset_comes_back_whole(case):
+    """The reader peeked 6 bytes at a peek offset (SO_PEEK_OFF, as a program parsing a header does):
+    dump's own peek must start at the queue's head, not at the reader's offset, and leave it."""
+    state = case.roundtrip(PEEK_OFFSET)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        off = b.getsockopt(socket.SOL_SOCKET, 42)
+        assert _drain(b) == b"hello world"
+        assert off == 6

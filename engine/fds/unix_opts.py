@@ -1,7 +1,8 @@
 """Socket options of a unix socket that a program sets and its peers see: SO_PASSCRED and
 SO_PASSSEC (journald, systemd's notify socket, dbus: the receiver gets its senders' credentials),
 SO_TIMESTAMP(NS) (a timestamp with each message), the buffer sizes (journald's /dev/log forces 8
-MiB past rmem_max), the timeouts and SO_RCVLOWAT.
+MiB past rmem_max), the timeouts, SO_RCVLOWAT and a peek offset (SO_PEEK_OFF: where the program's
+next MSG_PEEK starts; kept when set, set again before the queue is sent again, which moves it not).
 
 Dump reads them on its copy of the socket; restore sets those that differ from the new socket's,
 on the socket it made: a buffer size past the limit with SO_RCVBUFFORCE/SO_SNDBUFFORCE (as the
@@ -21,7 +22,7 @@ from engine.fds import FdError
 OPTS = {
     "passcred": (16, "int"), "passsec": (34, "int"), "timestamp": (29, "int"), "timestampns": (35, "int"),
     "rcvbuf": (8, "int"), "sndbuf": (7, "int"), "rcvlowat": (18, "int"), "keepalive": (9, "int"),
-    "rcvtimeo": (20, "timeval"), "sndtimeo": (21, "timeval"),
+    "rcvtimeo": (20, "timeval"), "sndtimeo": (21, "timeval"), "peek_off": (42, "int"),
 }
 _FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
 _TIMEVAL = struct.Struct("ll")
@@ -42,6 +43,8 @@ def read(s: socket.socket) -> dict:
             out[name] = _get(s, name)
         except OSError:
             continue
+    if out.get("peek_off", 0) < 0:
+        del out["peek_off"]   # (-1: none, every new socket's)
     return out
 
 
