@@ -80,3 +80,25 @@ def test_stream_whose_reader_uses_a_peek_offset_comes_back_whole(case):
         off = b.getsockopt(socket.SOL_SOCKET, 42)
         assert _drain(b) == b"hello world"
         assert off == 6
+
+
+PIDFD_OPTS = py_hold("""
+import socket
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.setsockopt(socket.SOL_SOCKET, 76, 1)   # SO_PASSPIDFD
+a, b = socket.socketpair(); b.setsockopt(socket.SOL_SOCKET, 83, 0)   # SO_PASSRIGHTS off
+os.dup2(d.fileno(), 10); os.dup2(b.fileno(), 11); d.close(); a.close(); b.close()
+""")
+
+
+def test_passpidfd_and_passrights_come_back(case):
+    """SO_PASSPIDFD set (systemd's sockets: each message carries a pidfd of its sender) and
+    SO_PASSRIGHTS turned off (fds refused in flight to it): both were dropped silently before."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.getsockopt(socket.SOL_SOCKET, 83)
+        except OSError:
+            pytest.skip("this kernel has no SO_PASSRIGHTS (Linux 6.16)")
+    state = case.roundtrip(PIDFD_OPTS)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 10)) as d, socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        assert d.getsockopt(socket.SOL_SOCKET, 76) == 1
+        assert b.getsockopt(socket.SOL_SOCKET, 83) == 0
