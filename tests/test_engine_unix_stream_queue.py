@@ -102,3 +102,27 @@ def test_passpidfd_and_passrights_come_back(case):
     with socket.socket(fileno=grab_fd(state.pid, 10)) as d, socket.socket(fileno=grab_fd(state.pid, 11)) as b:
         assert d.getsockopt(socket.SOL_SOCKET, 76) == 1
         assert b.getsockopt(socket.SOL_SOCKET, 83) == 0
+
+
+LOG_PIDFD = py_hold("""
+import socket
+os.makedirs("/run/j", exist_ok=True)
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind("/run/j/log"); d.setsockopt(socket.SOL_SOCKET, 76, 1)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.sendto(b"<6>hello", "/run/j/log"); c.close()
+os.dup2(d.fileno(), 10); d.close()
+""")
+
+
+def test_datagram_queued_on_a_passpidfd_log_socket_comes_back(case):
+    """A /dev/log-like datagram socket with SO_PASSPIDFD set and a line queued: dump's peek got a
+    pidfd of the sender with it and refused the queue ("other ancillary data than fds") before."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.getsockopt(socket.SOL_SOCKET, 76)
+        except OSError:
+            pytest.skip("this kernel has no SO_PASSPIDFD (Linux 6.5)")
+    state = case.roundtrip(LOG_PIDFD)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 10)) as d:
+        d.setblocking(False)
+        assert d.getsockopt(socket.SOL_SOCKET, 76) == 1
+        assert d.recv(100) == b"<6>hello"

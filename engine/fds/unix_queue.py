@@ -29,7 +29,28 @@ SO_PEEK_OFF = 42
 MAX_MSGS = 4096
 
 
+SO_PASSPIDFD = 76
+
+
 def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None, selves: dict | None = None) -> list:
+    """`_peek_messages` with SO_PASSPIDFD off for the peek (set back after): on, every message
+    peeked would carry a pidfd of its sender, installed in the dumper, ancillary data the image
+    keeps not (a queued message was refused as one "with other ancillary data than fds"). Restored
+    messages carry the restorer's credentials, as with SO_PASSCRED."""
+    try:
+        on = s.getsockopt(socket.SOL_SOCKET, SO_PASSPIDFD)
+    except OSError:
+        on = 0   # (a kernel without it: Linux 6.5)
+    if on:
+        s.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 0)
+    try:
+        return _peek_messages(s, d, inflight, senders, selves)
+    finally:
+        if on:
+            s.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, on)
+
+
+def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None, selves: dict | None = None) -> list:
     """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
     without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
     (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
