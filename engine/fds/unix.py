@@ -257,7 +257,7 @@ def _as_dangling(k: Sock) -> dict:
         out["mnts"] = unix_queue.inflight_mounts(out["msgs"])
     elif unix_queue.inq(k.c):
         # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
-        data = k.s.recv(unix_queue.inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        data = unix_queue.peek_stream(k.s, unix_queue.inq(k.c), k.d.where)
         out["data"] = binascii.b2a_base64(data, newline=False).decode()
     return out
 

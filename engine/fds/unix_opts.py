@@ -1,7 +1,10 @@
 """Socket options of a unix socket that a program sets and its peers see: SO_PASSCRED and
 SO_PASSSEC (journald, systemd's notify socket, dbus: the receiver gets its senders' credentials),
 SO_TIMESTAMP(NS) (a timestamp with each message), the buffer sizes (journald's /dev/log forces 8
-MiB past rmem_max), the timeouts and SO_RCVLOWAT.
+MiB past rmem_max), the timeouts, SO_RCVLOWAT, a peek offset (SO_PEEK_OFF: where the program's
+next MSG_PEEK starts; kept when set, set again before the queue is sent again, which moves it not),
+SO_PASSPIDFD (systemd's sockets: a pidfd of the sender with each message) and SO_PASSRIGHTS off
+(fds refused in flight to it).
 
 Dump reads them on its copy of the socket; restore sets those that differ from the new socket's,
 on the socket it made: a buffer size past the limit with SO_RCVBUFFORCE/SO_SNDBUFFORCE (as the
@@ -21,8 +24,12 @@ from engine.fds import FdError
 OPTS = {
     "passcred": (16, "int"), "passsec": (34, "int"), "timestamp": (29, "int"), "timestampns": (35, "int"),
     "rcvbuf": (8, "int"), "sndbuf": (7, "int"), "rcvlowat": (18, "int"), "keepalive": (9, "int"),
-    "rcvtimeo": (20, "timeval"), "sndtimeo": (21, "timeval"),
+    "rcvtimeo": (20, "timeval"), "sndtimeo": (21, "timeval"), "peek_off": (42, "int"),
+    "passpidfd": (76, "int"), "passrights": (83, "int"),
 }
+# Left out of the image at the value every new socket has: an image of a socket that never set them
+# restores where the kernel lacks the option (SO_PASSPIDFD: Linux 6.5, SO_PASSRIGHTS: 6.16).
+_UNSET = {"peek_off": -1, "passpidfd": 0, "passrights": 1}
 _FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
 _TIMEVAL = struct.Struct("ll")
 
@@ -35,14 +42,15 @@ def _get(s: socket.socket, name: str) -> int | list[int]:
 
 
 def read(s: socket.socket) -> dict:
-    """{name: value} of the options of OPTS socket `s` has (one the kernel lacks is left out)."""
+    """{name: value} of the options of OPTS socket `s` has (one the kernel lacks, or at its _UNSET
+    value, is left out)."""
     out = {}
     for name in OPTS:
         try:
             out[name] = _get(s, name)
         except OSError:
             continue
-    return out
+    return {name: v for name, v in out.items() if _UNSET.get(name) != v}
 
 
 def apply(fd: int, opts: dict, where: str) -> None:

@@ -45,6 +45,7 @@ def dump_end(k) -> None:
         for key in ("path", "abstract"):
             out.pop(key, None)
     if out["type"] == "stream" and k.inflight:
+        unix_queue.refuse_oob(s, d.where)
         # (fds in flight: the queue in segments, each ending with the bytes that carried fds;
         # an unnamed pair only, unix.case_of)
         o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight, selves={a: 0, b: 1})
@@ -53,7 +54,7 @@ def dump_end(k) -> None:
         if n > unix_queue.MAX_DATA:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {n} bytes queued: too many")
         if n:
-            data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = unix_queue.peek_stream(s, n, d.where)
             d.objects[obj]["data"][end] = binascii.b2a_base64(data, newline=False).decode()
     elif unix_queue.inq(k.c) or k.inflight:
         o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight, selves={a: 0, b: 1})

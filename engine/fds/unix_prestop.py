@@ -10,7 +10,8 @@ mount restore cannot bind it again on, fds in flight on a listener or on a strea
 end of a socketpair, an fd in flight of
 a kind not kept (in the datagram at the head of the queue: a peek sees that one only),
 more data on a stream whose peer is gone than an image keeps, pending connections dump
-cannot list exactly or whose client is outside the tree, data waiting (or maybe
+cannot list exactly or whose client is outside the tree, urgent data (MSG_OOB) waiting on a
+stream, data waiting (or maybe
 waiting: its client is gone) on a connection not yet accepted (with
 --leave-running), a listener that listened with other groups than its process's in a user
 namespace that denies setgroups or in another live process of the tree than its first holder,
@@ -77,6 +78,8 @@ def _precheck(d) -> None:
                 from engine.fds import unix_locate
                 unix_locate.note_detached(d)   # (a file on a detached mount: engine/detached.py precheck)
         case, detail = unix.case_of(k)
+        if k.typ == socket.SOCK_STREAM:
+            unix_queue.refuse_oob(s, d.where)   # (a peek: moves nothing)
         if k.inflight:   # (a pair's own ends in flight on it are kept: unix_pair.dump_end)
             unix_queue.refuse_head_inflight(d, s, {k.ino, k.peer} if case == "pair" else ())
         if case == "listener":

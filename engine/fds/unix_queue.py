@@ -29,7 +29,28 @@ SO_PEEK_OFF = 42
 MAX_MSGS = 4096
 
 
+SO_PASSPIDFD = 76
+
+
 def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None, selves: dict | None = None) -> list:
+    """`_peek_messages` with SO_PASSPIDFD off for the peek (set back after): on, every message
+    peeked would carry a pidfd of its sender, installed in the dumper, ancillary data the image
+    keeps not (a queued message was refused as one "with other ancillary data than fds"). Restored
+    messages carry the restorer's credentials, as with SO_PASSCRED."""
+    try:
+        on = s.getsockopt(socket.SOL_SOCKET, SO_PASSPIDFD)
+    except OSError:
+        on = 0   # (a kernel without it: Linux 6.5)
+    if on:
+        s.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 0)
+    try:
+        return _peek_messages(s, d, inflight, senders, selves)
+    finally:
+        if on:
+            s.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, on)
+
+
+def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None, selves: dict | None = None) -> list:
     """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
     without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
     (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
@@ -238,6 +259,48 @@ def inflight_mounts(msgs: list) -> list[int]:
 def _own_fds(m: dict) -> int:
     """How many of message `m`'s fds in flight are opened for it (not ends of its own pair)."""
     return sum(1 for f in m["fds"] if f["kind"] != PAIR_END)
+
+
+def peek_stream(s: socket.socket, n: int, where: str) -> bytes:
+    """The `n` bytes queued on stream socket `s`, read without consuming them. One read stops
+    where the writer changes when the reader set SO_PASSCRED (the kernel glues no two writers'
+    bytes: a parent's and its forked child's), so each peek goes on at a peek offset (SO_PEEK_OFF;
+    the socket's own put back). Urgent data (MSG_OOB) is refused (refuse_oob)."""
+    refuse_oob(s, where)
+    saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    parts, got = [], 0
+    try:
+        while got < n:
+            try:
+                part = s.recv(n - got, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+    if got != n:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {n} bytes queued on a unix stream socket, {got} of them "
+                                        "readable: not supported")
+    return b"".join(parts)
+
+
+def refuse_oob(s: socket.socket, where: str) -> None:
+    """Refuse a unix stream socket with urgent data waiting (a byte sent with MSG_OOB, not read
+    yet): every read stops at its mark, restore would queue it as ordinary data. A peek of it
+    (MSG_OOB | MSG_PEEK) returns the byte; EINVAL: none waits (or SO_OOBINLINE), EOPNOTSUPP:
+    a kernel without it."""
+    try:
+        s.recv(1, socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.EAGAIN):
+            return
+        raise
+    raise FdError(errno.EOPNOTSUPP, f"{where}: urgent data (a byte sent with MSG_OOB) waits on a unix stream "
+                                    "socket: not supported (let the program read it, then dump)")
 
 
 def inq(fd: int) -> int:
