@@ -297,6 +297,18 @@ def _comm(pid: int) -> str | None:
         return None
 
 
+def _holding(pid: int) -> bool:
+    """Whether `pid` runs `hold` past its exec: exec sets the new comm before it lays out the new
+    arguments (until then /proc/PID/cmdline reads empty: a loaded CI saw a test read it so)."""
+    if _comm(pid) != HOLD_COMM:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return bool(f.read(1))
+    except OSError:
+        return False
+
+
 class _Pipe:
     """Collects a pipe's output in a thread; `closed` is set at EOF."""
 
@@ -491,7 +503,7 @@ class EngineCase:
         from zdtm.snapshot import alive, tree_pids
         while True:
             pids = tree_pids(pid)
-            if pids and all(_comm(p) == HOLD_COMM or _comm(p) in daemons for p in pids):
+            if pids and all(_holding(p) or _comm(p) in daemons for p in pids):
                 break
             if not alive(pid):
                 pipe.closed.wait(2)
