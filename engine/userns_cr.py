@@ -320,9 +320,10 @@ class _Plan:
             # Its pid namespace's owner is the user namespace its parent's stand-in is inside: the
             # stand-in's fork makes it there, as the parent did.
             made_in = {k: o for k, o in made_in.items() if k != "pid"}
-        if at is not None and not self._reachable_from(at, [own, *made_in.values()], "pid" not in made_in):
+        below = "pid" not in made_in or _is_ancestor(users, at, made_in["pid"])
+        if at is not None and not self._reachable_from(at, [own, *made_in.values()], below):
             # (its parent's stand-in, which forks its, is inside user namespace `at`, which can make
-            # and join only namespaces owned at or below it, and not start it elsewhere)
+            # and join only namespaces owned at or below it, and start it only below: userns_start)
             owners = ", ".join(sorted(set(map(users.describe, made_in.values() or [own]))))
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {', '.join(sorted(made_in) or ['user'])} "
                                                 f"namespaces belong to "

@@ -21,8 +21,9 @@ _FROM, _, _TO = os.environ.get("MNTCR_NSTREE_SEEDS", "0:16").partition(":")
 # namespace of another, both above the process's own; 191, a process entering first (enter_first) a
 # mount namespace its parent's stand-in's user namespace owns, above its own; 353, such a process
 # whose parent's stand-in entered the same mount namespace first (its restore failed: "cannot start a
-# stand-in inside its user namespace")
-RESTORES = {171, 191, 353}
+# stand-in inside its user namespace"); 506, a pid namespace owned below the user namespace the
+# parent's stand-in is in (made there: userns_start)
+RESTORES = {171, 191, 353, 506}
 # Seeds a dump must refuse before the stop, naming what (dump once succeeded and restore came out
 # otherwise): 346, a pid namespace the parent made before its user namespace, which came back owned
 # by that user namespace
