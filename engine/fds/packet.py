@@ -50,6 +50,11 @@ PACKET_ADD_MEMBERSHIP = 1
 RING_OPTS = {"rx": 5, "tx": 13}   # PACKET_RX_RING, PACKET_TX_RING
 TPACKET_V3 = 2
 FANOUT_CBPF, FANOUT_EBPF, FANOUT_UNIQUEID = 6, 7, 0x2000
+# PACKET_FANOUT's modes restore joins again (_HASH, _LB, _CPU, _ROLLOVER, _RND, _QM: the kernel
+# knows 0 to 7, the BPF ones refused) and flags the kernel knows (_ROLLOVER, _UNIQUEID, which dump
+# never writes, _IGNORE_OUTGOING, _DEFRAG): bits of PACKET_FANOUT's value shifted by 16
+FANOUT_MODES = range(6)
+FANOUT_FLAGS = 0x1000 | 0x4000 | 0x8000
 # A ring's kernel memory (block_size x block_nr), at most, and the image's rings' together (each
 # socket once): the kernel takes a block_size below 2 GiB and any count of blocks, allocates them
 # all at setsockopt and charges them to no memory cgroup, so an image's geometry alone (a few
@@ -238,6 +243,9 @@ def _fanout(s: socket.socket, where: str) -> int:
     if fanout and (fanout >> 16 & 0xff) in (FANOUT_CBPF, FANOUT_EBPF):
         raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket in a fanout group that runs a BPF program "
                                         "(PACKET_FANOUT_CBPF, _EBPF: not readable): not supported")
+    if fanout and ((fanout >> 16 & 0xff) not in FANOUT_MODES or fanout >> 16 & 0xff00 & ~FANOUT_FLAGS):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket in a fanout group of a mode or flags this "
+                                        f"mntcr does not know ({fanout >> 16:#06x}): not supported")
     return fanout
 
 
@@ -333,9 +341,10 @@ def _check_extras(e: dict, what: str) -> None:
                                    and mapped[2] == "-" and mapped[3] in "ps"):
         _fail(f"{what}: bad packet socket ring mapping {str(mapped)[:20]!r} (rw-p, r--s...; rings needed)")
     fanout = e.get("fanout", 0)
-    if type(fanout) is not int or not 0 <= fanout < 1 << 32 or (fanout >> 16 & 0xff) in (FANOUT_CBPF, FANOUT_EBPF) \
-            or fanout >> 16 & FANOUT_UNIQUEID:
-        _fail(f"{what}: bad packet socket fanout {fanout!r}")
+    if type(fanout) is not int or not 0 <= fanout < 1 << 32 or fanout and (
+            (fanout >> 16 & 0xff) not in FANOUT_MODES or fanout >> 16 & 0xff00 & ~FANOUT_FLAGS):
+        _fail(f"{what}: bad packet socket fanout {fanout!r} (a mode of 0 to 5, no BPF one, and the flags "
+              "rollover, ignore_outgoing, defrag)")
     mcl = e.get("mclist", [])
     if not isinstance(mcl, list) or len(mcl) > 256 or any(
             not isinstance(m, dict) or set(m) != {"dev", "type", "addr", "count"}
