@@ -460,7 +460,7 @@ class _Server:
         self.filters = None   # seccomp filters to install before the ids or last (op_seccomp)
         self.filters_late = False
         self.kin: list[int] = []   # the root's pidfds of stand-ins outside its group (_await_commit)
-        self.args = [b"", b""]   # (command line, environment) sent in pieces (op_args)
+        self.args = ([], [])   # (command line, environment): the pieces sent (op_args), joined at detach
 
     def op_spawn(self, msg, fds):
         """A child stand-in (its channel: fds[0]) in mode msg[1]."""
@@ -668,7 +668,7 @@ class _Server:
     def op_args(self, msg, fds):
         """A piece (msg[2]) of our command line (msg[1] 0) or environment (1), sent before detach when
         they would not fit in its message (engine/procargs.py PIECE)."""
-        self.args[msg[1]] += msg[2]
+        self.args[msg[1]].append(msg[2])   # (not bytes +=: 6 MiB in 64 KiB pieces would copy ~300 MiB)
         return None
 
     def op_detach(self, msg, fds):
@@ -710,5 +710,5 @@ class _Server:
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
                 self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0),
                 {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits}, late_limits,
-                tuple(self.args) if bits.get("args") == procargs.SENT else bits.get("args"))
+                tuple(b"".join(a) for a in self.args) if bits.get("args") == procargs.SENT else bits.get("args"))
         return None
