@@ -244,17 +244,16 @@ def _check_vfork(pids: list[int]) -> None:
     command: its children change) is let be: the stop lets it end (engine/freeze.py finish_vforks)."""
     import time
     from engine import freeze
-    deadline = time.monotonic() + VFORK_WAIT
     for pid in pids:
         first = None
-        while inject.in_vfork(pid) and time.monotonic() < deadline:
+        deadline = time.monotonic() + VFORK_WAIT
+        while inject.in_vfork(pid):
             kids = set(freeze.children(pid))
             if first is not None and kids != first:
                 break
             first = kids
-            time.sleep(0.002)
-        else:
-            if not inject.in_vfork(pid):
+            if time.monotonic() < deadline:
+                time.sleep(0.002)
                 continue
             raise PrestopError(errno.EBUSY, f"process {pid} is in an uninterruptible wait: a vfork parent waits "
                                             "there until its child execs or exits, and no call can be run in it "
