@@ -17,7 +17,7 @@ import stat
 import struct
 
 from engine import kernel
-from engine.fds import FdError, RestoreFd, unix_bind
+from engine.fds import DumpFd, FdError, RestoreFd, unix_bind
 
 
 MAX_DATA = 1 << 22
@@ -152,14 +152,7 @@ class _Copy:
     def __init__(self, fd: int, target: str, where: str, objects: dict):
         self.pid, self.fd, self.target, self.where, self.objects = "self", fd, target, where, objects
 
-    def info(self) -> dict[str, list[str]]:
-        """Our copy's fdinfo as {key: [values of each line with that key]} (FdDump.info)."""
-        out: dict[str, list[str]] = {}
-        with open(f"/proc/self/fdinfo/{self.fd}") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                out.setdefault(key.strip(), []).append(value.strip())
-        return out
+    info = DumpFd.info   # (/proc/self/fdinfo/N: pid "self")
 
 
 def refuse_head_inflight(d, s: socket.socket, selves=()) -> None:
