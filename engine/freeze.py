@@ -304,10 +304,11 @@ def wait_stopped(pids, timeout: float = 5.0) -> None:
             continue
         for task in tasks:
             pause = 0.0001   # (a sleeping task stops within microseconds: look again soon, then less often)
-            while time.monotonic() < deadline and threads.task_state(task) not in ("T", "t", "Z", "X", ""):
-                if threads.task_state(task) == "D" and _in_vfork(task):
-                    break   # (it stops once its vfork child execs: settle's finish_vforks)
-                time.sleep(pause)   # ("": gone)
+            while time.monotonic() < deadline:
+                st = threads.task_state(task)
+                if st in ("T", "t", "Z", "X", "") or st == "D" and _in_vfork(task):
+                    break   # ("": gone; a vfork parent stops once its child execs: settle's finish_vforks)
+                time.sleep(pause)
                 pause = min(pause * 2, 0.002)
 
 
