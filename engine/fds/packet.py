@@ -124,8 +124,8 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     if rec is None:
         raise FdError(errno.EOPNOTSUPP, f"{where}: sock_diag does not list this packet socket (packet_diag not in "
                                         "the kernel?): not supported")
-    if _too_big(rec["rings"]):
-        raise FdError(errno.EOPNOTSUPP, f"{where}: {_too_big(rec['rings'])}: more than restore makes")
+    if big := _too_big(rec["rings"]):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {big}: more than restore makes")
     if rec["rings"]:
         _count_rings(d, os.fstat(s.fileno()).st_ino, rec["rings"])
     mapped = _mapped(d, os.fstat(s.fileno()).st_ino, rec["rings"]) if rec["rings"] else None
@@ -190,6 +190,11 @@ def _too_big(rings: dict) -> str | None:
             f"more than {MAX_RING_BYTES >> 20} MiB")
 
 
+def _fanout_known(fanout: int) -> bool:
+    """Whether PACKET_FANOUT's value `fanout` has a mode of FANOUT_MODES and flags of FANOUT_FLAGS only."""
+    return (fanout >> 16 & 0xff) in FANOUT_MODES and not fanout >> 16 & 0xff00 & ~FANOUT_FLAGS
+
+
 def _count_rings(d, ino: int, rings: dict) -> None:
     """Add socket `ino`'s rings to the tree's (d.scratch, each socket once): FdError past MAX_RINGS_BYTES."""
     seen = d.scratch.setdefault("packet-ring-bytes", {})
@@ -243,7 +248,7 @@ def _fanout(s: socket.socket, where: str) -> int:
     if fanout and (fanout >> 16 & 0xff) in (FANOUT_CBPF, FANOUT_EBPF):
         raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket in a fanout group that runs a BPF program "
                                         "(PACKET_FANOUT_CBPF, _EBPF: not readable): not supported")
-    if fanout and ((fanout >> 16 & 0xff) not in FANOUT_MODES or fanout >> 16 & 0xff00 & ~FANOUT_FLAGS):
+    if fanout and not _fanout_known(fanout):
         raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket in a fanout group of a mode or flags this "
                                         f"mntcr does not know ({fanout >> 16:#06x}): not supported")
     return fanout
@@ -334,15 +339,14 @@ def _check_extras(e: dict, what: str) -> None:
             not isinstance(v, list) or len(v) != 7 or any(type(x) is not int or not 0 <= x < 1 << 32 for x in v)
             for v in rings.values()):
         _fail(f"{what}: bad packet socket rings (rx, tx: seven 32-bit numbers each)")
-    if _too_big(rings):
-        _fail(f"{what}: {_too_big(rings)}, not restored")
+    if big := _too_big(rings):
+        _fail(f"{what}: {big}, not restored")
     mapped = e.get("mapped")
     if mapped is not None and not (rings and len(mapped) == 4 and mapped[0] in "r-" and mapped[1] in "w-"
                                    and mapped[2] == "-" and mapped[3] in "ps"):
         _fail(f"{what}: bad packet socket ring mapping {str(mapped)[:20]!r} (rw-p, r--s...; rings needed)")
     fanout = e.get("fanout", 0)
-    if type(fanout) is not int or not 0 <= fanout < 1 << 32 or fanout and (
-            (fanout >> 16 & 0xff) not in FANOUT_MODES or fanout >> 16 & 0xff00 & ~FANOUT_FLAGS):
+    if type(fanout) is not int or not 0 <= fanout < 1 << 32 or fanout and not _fanout_known(fanout):
         _fail(f"{what}: bad packet socket fanout {fanout!r} (a mode of 0 to 5, no BPF one, and the flags "
               "rollover, ignore_outgoing, defrag)")
     mcl = e.get("mclist", [])
