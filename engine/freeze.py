@@ -35,11 +35,41 @@ def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
         i = 0
         while i < len(order):
             pid = order[i][0]
-            order += [(c, pid) for _, c in sorted(children(pid) or ())]
+            order += [(c, pid) for c in fork_order(children(pid) or ())]
             i += 1
         return order
     finally:
         os.close(proc)
+
+
+def fork_order(born) -> list[int]:
+    """The pids of `born` [(start time, pid)] in the order they were made: by start time, then, within
+    one clock tick, by pid, unless that tick's pids lie more than half of kernel.pid_max apart: pids
+    wrapped within the tick, and its low pids came after its high ones."""
+    out: list[int] = []
+    group: list[int] = []
+    last = None
+    for tick, pid in sorted(born) + [(None, 0)]:
+        if tick != last and group:
+            if group[-1] - group[0] > _pid_max() // 2:
+                group.sort(key=lambda p: p + _pid_max() if p < _pid_max() // 2 else p)
+            out += group
+            group = []
+        group.append(pid)
+        last = tick
+    return out
+
+
+def _pid_max() -> int:
+    """kernel.pid_max (read once)."""
+    global _PID_MAX
+    if _PID_MAX is None:
+        with open("/proc/sys/kernel/pid_max") as f:
+            _PID_MAX = int(f.read())
+    return _PID_MAX
+
+
+_PID_MAX = None
 
 
 def _read_at(proc: int | None, path: str) -> bytes | None:

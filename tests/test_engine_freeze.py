@@ -147,3 +147,14 @@ def test_the_tree_reads_its_own_processes_not_the_hosts(monkeypatch):
     assert (kid.pid, os.getpid()) in tree
     assert host > 2 * len(tree) + 4, "the host shows too few processes for the count to tell"
     assert len(opened) <= 2 * len(tree), opened
+
+
+def test_siblings_sort_in_the_order_they_were_made_across_a_pid_wrap(monkeypatch):
+    """Siblings made within one clock tick sort by pid, unless pids wrapped within the tick: its
+    pids then span more than half of pid_max and the low ones are the later; other ticks keep
+    pid order whatever their spread (a tick apart, start time decides)."""
+    monkeypatch.setattr(freeze, "_PID_MAX", 32768)
+    assert freeze.fork_order([(5, 300), (5, 200)]) == [200, 300]
+    assert freeze.fork_order([(5, 3), (5, 32760), (5, 301)]) == [32760, 3, 301]
+    assert freeze.fork_order([(6, 3), (5, 32760), (7, 120), (7, 100)]) == [32760, 3, 100, 120]
+    assert freeze.fork_order([]) == []

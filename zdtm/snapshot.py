@@ -94,7 +94,7 @@ def tree_pids(root: int) -> list[int]:
     while todo:
         pid = todo.pop(0)
         out.append(pid)
-        todo.extend(k for _, k in sorted(filter(None, map(_live_start, _children(pid)))))
+        todo.extend(freeze.fork_order(filter(None, map(_live_start, _children(pid)))))
     return out
 
 
@@ -102,7 +102,8 @@ def _live_start(pid: int) -> tuple[int, int] | None:
     """(start time, pid) of `pid`, None when it is gone or a zombie (one read: `alive` and the
     key). Siblings sort by it in the order they were made: by pid alone, the order turned over
     when pids wrapped (pid_max is 32768 on a busy host) between two siblings' forks, and a
-    restored tree's processes were paired with the wrong originals."""
+    restored tree's processes were paired with the wrong originals (engine.freeze.fork_order: also
+    when they wrapped within one clock tick)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
@@ -113,6 +114,7 @@ def _live_start(pid: int) -> tuple[int, int] | None:
 
 def _tree_from_scan(root: int) -> list[int]:
     """tree_pids from every process's parent (kernels without children files)."""
+    from engine import freeze
     ppids = _ppids()
     if root not in ppids:
         return []
@@ -123,7 +125,7 @@ def _tree_from_scan(root: int) -> list[int]:
     while todo:
         pid = todo.pop(0)
         out.append(pid)
-        todo.extend(sorted(children.get(pid, ()), key=lambda k: _live_start(k) or (0, k)))
+        todo.extend(freeze.fork_order(_live_start(k) or (0, k) for k in children.get(pid, ())))
     return out
 
 
