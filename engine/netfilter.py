@@ -107,9 +107,9 @@ _XT_OPTS = frozenset("""
 _XT_ADDR_OPTS = ("-s", "-d", "--ctorigsrc", "--ctorigdst", "--ctreplsrc", "--ctrepldst")
 # (options whose value the -restore tools look up by name in this host's databases: a port in
 # /etc/services, a user or group through nsswitch; iptables-save writes numbers)
-_XT_NUMBER_OPTS = {"--dport": "/etc/services", "--sport": "/etc/services", "--dports": "/etc/services",
-                   "--sports": "/etc/services", "--uid-owner": "passwd", "--gid-owner": "group",
-                   "--to-ports": "/etc/services", "-p": "/etc/protocols", "--ctproto": "/etc/protocols"}
+_XT_NUMBER_OPTS = {"--dport": _SERVICES, "--sport": _SERVICES, "--dports": _SERVICES,
+                   "--sports": _SERVICES, "--uid-owner": "passwd", "--gid-owner": "group",
+                   "--to-ports": _SERVICES, "-p": _PROTOCOLS, "--ctproto": _PROTOCOLS}
 _XT_NAT_TO = ("--to-destination", "--to-source")   # ([ADDR[-ADDR]][:PORT[-PORT]]: its ports looked up too)
 _XT_NUMBER = rx.compile(r"^!?[0-9]{1,10}(?:[:,-][0-9]{1,10}){0,15}\Z")
 _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport mark addrtype limit owner iprange mac "
