@@ -126,3 +126,29 @@ def test_datagram_queued_on_a_passpidfd_log_socket_comes_back(case):
         d.setblocking(False)
         assert d.getsockopt(socket.SOL_SOCKET, 76) == 1
         assert d.recv(100) == b"<6>hello"
+
+
+def test_the_prestop_peek_leaves_no_pidfd_behind():
+    """Before the stop, dump peeks at the head of a queue with fds in flight; on a socket with
+    SO_PASSPIDFD the peek also brings a pidfd of the sender, closed with the fds' copies (our fd
+    table is as before)."""
+    import os
+    import types
+    from engine.fds import unix_queue
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r, w = os.pipe()
+    try:
+        try:
+            b.setsockopt(socket.SOL_SOCKET, unix_queue.SO_PASSPIDFD, 1)
+        except OSError:
+            pytest.skip("this kernel has no SO_PASSPIDFD (Linux 6.5)")
+        a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, r.to_bytes(4, "little"))])
+        before = sorted(os.listdir("/proc/self/fd"))
+        unix_queue.refuse_head_inflight(types.SimpleNamespace(where="test", objects={}), b)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+        assert b.recv(8) == b"x"   # (a peek: the datagram still waits)
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()

@@ -30,6 +30,7 @@ MAX_MSGS = 4096
 
 
 SO_PASSPIDFD = 76
+SCM_PIDFD = 4   # (the control message SO_PASSPIDFD adds: the sender's pidfd)
 
 
 def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None, selves: dict | None = None) -> list:
@@ -172,13 +173,14 @@ def refuse_head_inflight(d, s: socket.socket, selves=()) -> None:
                                               socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
     except BlockingIOError:
         return   # (read meanwhile)
-    got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-           for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+    got, pidfds = ([fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == which
+                    for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+                   for which in (socket.SCM_RIGHTS, SCM_PIDFD))
     try:
         for fd in got:
             inflight_kind(d, fd, os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_mode, selves)
     finally:
-        for fd in got:
+        for fd in got + pidfds:   # (SO_PASSPIDFD on: the peek gave us a pidfd of the sender too)
             os.close(fd)
 
 
