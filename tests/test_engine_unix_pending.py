@@ -86,3 +86,87 @@ def test_pending_connection_whose_client_is_gone_refused_with_leave_running(case
             with a:
                 got.append(_drain(a))
     assert got == [["open"], [b"sent, then gone", "EOF"], ["EOF"], [b"still here", "open"]]
+
+
+URGENT = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
+live = socket.socket(socket.AF_UNIX); live.connect("/mnt/t/srv")
+live.send(b"ab"); live.send(b"!", socket.MSG_OOB); live.send(b"cd")
+gone = socket.socket(socket.AF_UNIX); gone.connect("/mnt/t/srv"); gone.send(b"?", socket.MSG_OOB); gone.close()
+os.dup2(srv.fileno(), 10); os.dup2(live.fileno(), 11)
+for x in (srv, live): x.close()
+""")
+
+
+def _urgent_read(a: socket.socket) -> list:
+    """What accepted socket `a` reads, its urgent byte where its mark is: ("oob", byte)."""
+    import fcntl
+    import struct
+    a.setblocking(False)
+    out = []
+    while True:
+        if struct.unpack("i", fcntl.ioctl(a.fileno(), 0x8905, b"\0\0\0\0"))[0]:   # (SIOCATMARK)
+            try:
+                out.append(("oob", a.recv(1, socket.MSG_OOB)))
+            except OSError:
+                pass
+        try:
+            data = a.recv(100)
+        except BlockingIOError:
+            return out + ["open"]
+        if not data:
+            return out + ["EOF"]
+        out.append(data)
+
+
+def test_urgent_data_on_pending_connections_keeps_its_mark(case):
+    """A byte sent with MSG_OOB by a pending connection's client (live, or gone since) waits apart
+    from the stream at its mark: a read stops there and one from the mark skips it (dump read the
+    other bytes alone before, and the byte was lost silently). Restore sends it with MSG_OOB where
+    it was."""
+    try:
+        a, b = socket.socketpair()
+        with a, b:
+            a.send(b"!", socket.MSG_OOB)
+    except OSError:
+        pytest.skip("this kernel has no MSG_OOB on unix streams (Linux 5.15)")
+    state = case.roundtrip(URGENT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 10)) as lst:
+        lst.setblocking(False)
+        got = []
+        for _ in range(2):
+            a, _ = lst.accept()
+            with a:
+                got.append(_urgent_read(a))
+    assert got == [[b"ab", ("oob", b"!"), b"cd", "open"], [("oob", b"?"), "EOF"]]
+
+
+@pytest.mark.parametrize("oob, sent, ok", [
+    ({"at": 2, "byte": "IQ=="}, "YWJjZA==", True),     # "!" after "ab" of "abcd"
+    ({"at": 0, "byte": "IQ=="}, None, True),           # the urgent byte alone
+    ({"at": 5, "byte": "IQ=="}, "YWJjZA==", False),    # a mark past the bytes sent
+    ({"at": 0, "byte": "ISE="}, None, False),          # two bytes
+    ({"at": -1, "byte": "IQ=="}, None, False),
+    ({"at": 0, "byte": "IQ==", "x": 1}, None, False),
+    ({"at": 0}, None, False),
+])
+def test_the_validator_checks_a_pending_connections_urgent_byte(oob, sent, ok):
+    """An image's `oob` on a pending connection's client (and on a gone client's record): one byte,
+    its mark within what was sent; any other is refused in one line."""
+    from engine.fds import unix_check
+    from engine.image import ImageError
+    client = {"type": "stream", "connect": {"path": "srv", "mnt": 1, "at": "/"}, "oob": oob}
+    listener = {"type": "stream", "listen": 8, "gone": [{"order": 0, "oob": oob}]}
+    if sent is not None:
+        client["sent"] = listener["gone"][0]["sent"] = sent
+    client["connect"]["order"] = 0
+    for entry in (client, listener):
+        if ok:
+            unix_check.check(entry, "fd 3")
+        else:
+            with pytest.raises(ImageError, match=r"^bad image: fd 3: bad (urgent byte sent on a connection not yet "
+                                                 r"accepted|pending connections whose client is gone)$"):
+                unix_check.check(entry, "fd 3")

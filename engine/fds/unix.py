@@ -601,7 +601,7 @@ def _open(r: RestoreFd) -> int:
         c = e["connect"]
         # (a listener's pending connections connect in their queue order)
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
-                       lambda: _connect(r, mine, c, e.get("sent")), c.get("order", -1)))
+                       lambda: _connect(r, mine, c, e.get("sent"), e.get("oob")), c.get("order", -1)))
     if e.get("shut"):
         _shut_late(r, fd, e["shut"])
     return fd
@@ -690,18 +690,25 @@ def _reach_in(name, fds):
     return None, []
 
 
-def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
+def _connect(r: RestoreFd, fd: int, c: dict, sent=None, oob: dict | None = None) -> None:
     """Connect our copy `fd` of a restored socket to the named socket `c` (made by now): an abstract
     name in the socket's own network namespace; a path through its socket file on the restored
     mount (a /proc magic link from here: the name needs to lead nowhere from the restorer). Then
     send what the client of a pending connection had sent (`sent`: stream bytes, or messages),
-    which waits for the listener's accept() again."""
+    which waits for the listener's accept() again; a stream's urgent byte (`oob`: {at, byte}) sent
+    with MSG_OOB after its first `at` bytes, so its mark is where it was."""
     s = socket.socket(fileno=os.dup(fd))
     try:
         _connect_to(r, s, c)
-        for m in [sent] if isinstance(sent, str) else sent or ():
+        parts = [binascii.a2b_base64(m) for m in ([sent] if isinstance(sent, str) else sent or ())]
+        if oob is not None:
+            whole = b"".join(parts)
+            parts = [whole[: oob["at"]], (binascii.a2b_base64(oob["byte"]), socket.MSG_OOB), whole[oob["at"]:]]
+        for m in parts:
+            data, flags = m if isinstance(m, tuple) else (m, 0)
             try:
-                s.sendall(binascii.a2b_base64(m), socket.MSG_DONTWAIT)
+                if data:
+                    s.sendall(data, socket.MSG_DONTWAIT | flags)
             except BlockingIOError:
                 raise FdError(errno.EAGAIN, "the data its client had sent does not fit its send buffer") from None
     finally:
@@ -714,7 +721,7 @@ def _connect_gone(r: RestoreFd, e: dict, g: dict) -> None:
     had (g["sent"]) and closes, leaving accept() that data, then end of file."""
     fd = r.standin("make", {"type": e["type"]}, [])[0]
     try:
-        _connect(r, fd, e, g.get("sent"))
+        _connect(r, fd, e, g.get("sent"), g.get("oob"))
     finally:
         os.close(fd)
 

@@ -32,6 +32,7 @@ from engine.fds import FdError, RestoreFd, unix_queue
 
 MAX_DATA = unix_queue.MAX_DATA
 SO_SNDBUFFORCE = 32
+_SIOCATMARK = 0x8905
 SENDER_ID = rx.compile(r"^u-[0-9]{1,9}\Z")
 
 
@@ -101,12 +102,14 @@ def take_pending(lst: int, clients: list[str | None], typ: int, doc: dict, where
                                                 "the tree was stopped: not supported")
             a, _ = s.accept()
             with a:
-                msgs = _read_all(a, where)
+                msgs, oob = _read_all(a, where)
             clients = [{"order": order}] if key is None else entries.get(key)
             if not clients:
                 raise FdError(errno.EOPNOTSUPP, f"{where}: the client of a connection not yet accepted is no fd of "
                                                 "the tree: not supported")
             for e in clients:
+                if oob is not None:
+                    e["oob"] = oob
                 if typ == socket.SOCK_STREAM and msgs:
                     e["sent"] = binascii.b2a_base64(b"".join(msgs), newline=False).decode()
                 elif msgs:
@@ -117,11 +120,17 @@ def take_pending(lst: int, clients: list[str | None], typ: int, doc: dict, where
         s.close()
 
 
-def _read_all(a: socket.socket, where: str) -> list[bytes]:
+def _read_all(a: socket.socket, where: str) -> tuple[list[bytes], dict | None]:
     """What waits on accepted socket `a`, message by message (a stream's in pieces), up to its end
-    of file or what is there now."""
+    of file or what is there now; and a stream's urgent byte (MSG_OOB) not read yet, as {at: the
+    bytes before its mark, byte: base64}, else None. A read stops at the mark, and one starting at
+    it skips the byte: it is taken there with MSG_OOB (only the last byte sent so waits apart:
+    an earlier one is ordinary data by then)."""
     msgs, total = [], 0
+    oob = _urgent(a)
     while True:
+        if oob is not None and "at" not in oob and _at_mark(a):
+            oob = {"at": total, "byte": binascii.b2a_base64(a.recv(1, socket.MSG_OOB), newline=False).decode()}
         try:
             data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -139,7 +148,31 @@ def _read_all(a: socket.socket, where: str) -> list[bytes]:
             raise FdError(errno.EOPNOTSUPP, f"{where}: over {MAX_DATA} bytes sent on a connection not "
                                             "yet accepted: too many")
         msgs.append(data)
-    return msgs
+    if oob is not None and "at" not in oob:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: the urgent byte (MSG_OOB) sent on a connection not yet accepted "
+                                        "was not found at its mark: not supported")
+    return msgs, oob
+
+
+def _urgent(a: socket.socket) -> dict | None:
+    """{} when a byte sent with MSG_OOB waits apart on stream socket `a` (a peek of it; EINVAL: none,
+    or SO_OOBINLINE; EOPNOTSUPP: a kernel without it, or not a stream), else None."""
+    if a.type != socket.SOCK_STREAM:
+        return None
+    try:
+        a.recv(1, socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.EAGAIN):
+            return None
+        raise
+    return {}
+
+
+def _at_mark(a: socket.socket) -> bool:
+    """Whether the next byte of `a` is its urgent data's mark (SIOCATMARK)."""
+    import fcntl
+    return struct.unpack("i", fcntl.ioctl(a.fileno(), _SIOCATMARK, b"\0\0\0\0"))[0] != 0
+
 
 def deliver(r: RestoreFd, e: dict) -> None:
     """Send the datagrams queued on named socket `e` (made by now) to it again, in order, each from

@@ -81,6 +81,8 @@ def check(entry: dict, what: str) -> None:
     sent = entry.get("sent")
     if sent is not None and ("order" not in (entry.get("connect") or {}) or not _sent_ok(entry, sent)):
         _fail(f"{what}: bad data sent on a connection not yet accepted")
+    if "oob" in entry and ("order" not in (entry.get("connect") or {}) or not _oob_ok(entry, entry["oob"], sent)):
+        _fail(f"{what}: bad urgent byte sent on a connection not yet accepted")
     gone = entry.get("gone")
     if gone is not None and ("listen" not in entry or entry.get("type") == "dgram" or not isinstance(gone, list)
                              or len(gone) > 1 << 20 or not all(_gone_ok(entry, g) for g in gone)):
@@ -127,9 +129,24 @@ def _sent_ok(entry: dict, sent) -> bool:
 
 
 def _gone_ok(entry: dict, g) -> bool:
-    """Is `g` a pending connection whose client is gone: {order[, sent]}?"""
-    return isinstance(g, dict) and set(g) <= {"order", "sent"} and type(g.get("order")) is int \
-        and 0 <= g["order"] < 1 << 20 and ("sent" not in g or _sent_ok(entry, g["sent"]))
+    """Is `g` a pending connection whose client is gone: {order[, sent][, oob]}?"""
+    return isinstance(g, dict) and set(g) <= {"order", "sent", "oob"} and type(g.get("order")) is int \
+        and 0 <= g["order"] < 1 << 20 and ("sent" not in g or _sent_ok(entry, g["sent"])) \
+        and ("oob" not in g or _oob_ok(entry, g["oob"], g.get("sent")))
+
+
+def _oob_ok(entry: dict, oob, sent) -> bool:
+    """Is `oob` a stream's urgent byte, {at, byte}: one byte (base64) whose mark lies `at` bytes into
+    `sent` (that stream's bytes, base64, or None: none)?"""
+    if entry.get("type") != "stream" or not isinstance(oob, dict) or set(oob) != {"at", "byte"} \
+            or type(oob["at"]) is not int or not isinstance(oob["byte"], str) or len(oob["byte"]) > 8:
+        return False
+    try:
+        byte = binascii.a2b_base64(oob["byte"], strict_mode=True)
+        size = len(binascii.a2b_base64(sent, strict_mode=True)) if isinstance(sent, str) else 0
+    except ValueError:
+        return False
+    return len(byte) == 1 and 0 <= oob["at"] <= size
 
 
 def _gone_sender(x, entry: dict) -> bool:
@@ -294,6 +311,8 @@ FIELDS = {
     "senders": F(LIST, required=False),
     "sender_id": F(STR, required=False),
     "sent": F(STR + LIST, required=False),
+    # A stream's urgent byte (MSG_OOB) its pending connection's client had sent: {at, byte}.
+    "oob": F(DICT, required=False),
     "reached": F(BOOL, required=False),
     "gone": F(LIST, required=False),
     "opts": F(DICT, required=False),   # (engine/fds/unix_opts.py)
