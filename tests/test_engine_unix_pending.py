@@ -38,11 +38,19 @@ for x in (srv, live0, live1, sq): x.close()
 """).replace("exec python3", "exec unshare --net python3", 1)   # (its abstract name: its own namespace's)
 
 
-def _drain(a: socket.socket) -> list:
-    """What accepted socket `a` reads: each recv's bytes, then "EOF" or "open" (nothing more yet)."""
+def _drain(a: socket.socket, urgent: bool = False) -> list:
+    """What accepted socket `a` reads: each recv's bytes, then "EOF" or "open" (nothing more yet);
+    with `urgent`, its urgent byte where its mark is: ("oob", byte)."""
+    import fcntl
+    import struct
     a.setblocking(False)
     out = []
     while True:
+        if urgent and struct.unpack("i", fcntl.ioctl(a.fileno(), 0x8905, b"\0\0\0\0"))[0]:   # (SIOCATMARK)
+            try:
+                out.append(("oob", a.recv(1, socket.MSG_OOB)))
+            except OSError:
+                pass
         try:
             data = a.recv(100)
         except BlockingIOError:
@@ -101,27 +109,6 @@ for x in (srv, live): x.close()
 """)
 
 
-def _urgent_read(a: socket.socket) -> list:
-    """What accepted socket `a` reads, its urgent byte where its mark is: ("oob", byte)."""
-    import fcntl
-    import struct
-    a.setblocking(False)
-    out = []
-    while True:
-        if struct.unpack("i", fcntl.ioctl(a.fileno(), 0x8905, b"\0\0\0\0"))[0]:   # (SIOCATMARK)
-            try:
-                out.append(("oob", a.recv(1, socket.MSG_OOB)))
-            except OSError:
-                pass
-        try:
-            data = a.recv(100)
-        except BlockingIOError:
-            return out + ["open"]
-        if not data:
-            return out + ["EOF"]
-        out.append(data)
-
-
 def test_urgent_data_on_pending_connections_keeps_its_mark(case):
     """A byte sent with MSG_OOB by a pending connection's client (live, or gone since) waits apart
     from the stream at its mark: a read stops there and one from the mark skips it (dump read the
@@ -140,7 +127,7 @@ def test_urgent_data_on_pending_connections_keeps_its_mark(case):
         for _ in range(2):
             a, _ = lst.accept()
             with a:
-                got.append(_urgent_read(a))
+                got.append(_drain(a, urgent=True))
     assert got == [[b"ab", ("oob", b"!"), b"cd", "open"], [("oob", b"?"), "EOF"]]
 
 
