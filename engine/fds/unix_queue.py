@@ -200,6 +200,7 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
             key, _, value = line.partition(":")
             info[key.strip()] = value.strip()
     entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
+    keep_copy(d.scratch, fd, st, entry)
     if kind.name == "epoll":
         from engine.fds import epoll
         entry["targets"] = epoll.inflight_targets(fd, what, selves or {})
@@ -242,6 +243,36 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
         raise FdError(errno.EOPNOTSUPP, f"{what}: on a detached mount: not supported")
     entry.update({"mnt": loc["mnt"], "path": loc["path"]})
     return entry
+
+
+# d.scratch's key of the fds in flight kept for FdTable.mark_shared: {(dev, ino): [[our copy, [entries]]]}
+# (engine/fdtable.py sets it; without it, in a check of the running tree, no copy is kept).
+KEPT = "inflight"
+
+
+def keep_copy(scratch: dict, fd: int, st: os.stat_result, entry: dict) -> None:
+    """Keep a copy of our `fd` (an fd in flight, its `entry`) until FdTable.mark_shared tells which
+    description of the tree or in flight it is (its "desc"): one copy a description, found by kcmp
+    KCMP_FILE (our own pid twice) among those on the same inode; the entries of one copy share it."""
+    kept = scratch.get(KEPT)
+    if kept is None:
+        return
+    from engine.fds import sys as fsys
+    slots = kept.setdefault((st.st_dev, st.st_ino), [])
+    for slot in slots:
+        if fsys.same_file(os.getpid(), slot[0], os.getpid(), fd):
+            slot[1].append(entry)
+            return
+    import fcntl
+    slots.append([fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0), [entry]])
+
+
+def queued_fds(processes: list[dict], objects: dict) -> list[dict]:
+    """The fd entries in flight in the queues of the tree's unix sockets (processes' fd entries and
+    socket pair objects), each once, the dicts themselves."""
+    queues = [e.get("msgs") or () for p in processes for e in p["fds"] if e.get("kind") == "unix"]
+    queues += [q for o in objects.values() if o.get("kind") == "unix" for q in o.get("msgs") or ()]
+    return [f for q in queues for m in q if isinstance(m, dict) for f in m["fds"]]
 
 
 def inflight_mounts(msgs: list) -> list[int]:
@@ -353,10 +384,19 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         raise FdError(f"its queued bytes do not fit back: the socket takes {done} of {len(data)}") from None
 
 
-def open_inflight(r: RestoreFd, msgs) -> list[int]:
-    """Our fds on new descriptions of the files in flight in `msgs`, in order (their mounts must be
-    among the entry's `mnts`, which the validator checked)."""
+def _open_one(sub: RestoreFd) -> int:
+    """A new description for fd in flight `sub` (its kind's open)."""
     from engine import fds as kinds
+    fd = kinds.lookup(sub.entry["kind"]).open(sub)
+    if sub.entry["kind"] == "epoll" and sub.entry["flags"] & os.O_NONBLOCK:
+        os.set_blocking(fd, False)
+    return fd
+
+
+def open_inflight(r: RestoreFd, msgs) -> list[int]:
+    """Our fds on the files in flight in `msgs`, in order: new descriptions, or, for one with a
+    "desc", the description a process's fd or an earlier fd in flight of it has (r.share). Their
+    mounts must be among the entry's `mnts`, which the validator checked."""
     out: list[int] = []
     try:
         for m in msgs:
@@ -372,9 +412,11 @@ def open_inflight(r: RestoreFd, msgs) -> list[int]:
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no {want} object {f['obj'][:40]!r}")
                 sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
                                 standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
-                out.append(kinds.lookup(f["kind"]).open(sub))
-                if f["kind"] == "epoll" and f["flags"] & os.O_NONBLOCK:
-                    os.set_blocking(out[-1], False)
+                if "desc" in f and r.share is not None:
+                    # (the description a process's fd or another fd in flight has: made once)
+                    out.append(r.share(f["desc"], lambda sub=sub: _open_one(sub)))
+                else:
+                    out.append(_open_one(sub))
     except BaseException:
         for x in out:
             os.close(x)
