@@ -14,7 +14,10 @@ import stat
 
 from engine import fds, filelocks, fown, kernel
 from engine.fds import sys as fsys
-from engine.fds import unix_queue
+
+# scratch's key of the fds in flight whose copies dump keeps (engine/fds/unix_queue.py keep_copy):
+# {(dev, ino): [[our copy, [their entries]]]} (unix_queue is loaded only by a tree with unix sockets)
+INFLIGHT = "inflight"
 
 
 class FdTable:
@@ -24,7 +27,7 @@ class FdTable:
         """`takes`: where kinds add steps fn(doc) that take from the tree (run by dump last, the tree
         killed after); None when the tree keeps running (--leave-running): such fds are refused."""
         self.objects: dict[str, dict] = {}
-        self.scratch: dict = {"takes": takes, unix_queue.KEPT: {}}
+        self.scratch: dict = {"takes": takes, INFLIGHT: {}}
         self._pidfds: dict[int, int] = {}
         self._inode: dict[tuple[int, int], int] = {}   # (pid, fd) -> (dev, ino) key
         self._locks: dict[tuple[int, int], tuple] = {}   # (pid, fd) -> (target, its locks) (engine/filelocks.py)
@@ -110,9 +113,12 @@ class FdTable:
                 if key is not None:
                     by_inode.setdefault(key, []).append((p["pid"], e["fd"], [e], True))
         me = os.getpid()
-        # (a queue peeked twice, through two fds on one socket, keeps the last peek's entries only)
-        queued = {id(f) for f in unix_queue.queued_fds(procs_doc, self.objects)}
-        for key, slots in self.scratch[unix_queue.KEPT].items():
+        kept = self.scratch[INFLIGHT]
+        if kept:
+            from engine.fds import unix_queue
+            # (a queue peeked twice, through two fds on one socket, keeps the last peek's entries only)
+            queued = {id(f) for f in unix_queue.queued_fds(procs_doc, self.objects)}
+        for key, slots in kept.items():
             by_inode.setdefault(key, []).extend((me, fd, [e for e in entries if id(e) in queued], False)
                                                 for fd, entries in slots)
         n = 0
@@ -147,10 +153,10 @@ class FdTable:
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()
-        for slots in self.scratch[unix_queue.KEPT].values():
+        for slots in self.scratch[INFLIGHT].values():
             for fd, _ in slots:
                 os.close(fd)
-        self.scratch[unix_queue.KEPT].clear()
+        self.scratch[INFLIGHT].clear()
 
     def release(self) -> None:
         """Close our fds behind `unplaced`, once dump has planned the detached mounts."""

@@ -2288,9 +2288,12 @@ def _kind_record(kind) -> Record:
 
 
 def _check_inflight_descs(doc: dict) -> None:
-    """The fds in flight that share a description with other fds (engine/fds/unix_check.py)."""
-    from engine.fds import unix_check
-    unix_check.check_inflight_descs(doc)
+    """The fds in flight that share a description with other fds (engine/fds/unix_check.py; loaded
+    only for an image with queued messages)."""
+    if any("msgs" in e for p in doc["processes"] for e in p["fds"]) \
+            or any("msgs" in o for o in (doc.get("objects") or {}).values()):
+        from engine.fds import unix_check
+        unix_check.check_inflight_descs(doc)
 
 
 def _check_objects(objects: dict) -> None:

@@ -245,18 +245,14 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
     return entry
 
 
-# d.scratch's key of the fds in flight kept for FdTable.mark_shared: {(dev, ino): [[our copy, [entries]]]}
-# (engine/fdtable.py sets it; without it, in a check of the running tree, no copy is kept).
-KEPT = "inflight"
-
-
 def keep_copy(scratch: dict, fd: int, st: os.stat_result, entry: dict) -> None:
     """Keep a copy of our `fd` (an fd in flight, its `entry`) until FdTable.mark_shared tells which
     description of the tree or in flight it is (its "desc"): one copy a description, found by kcmp
     KCMP_FILE (our own pid twice) among those on the same inode; the entries of one copy share it."""
-    kept = scratch.get(KEPT)
+    from engine.fdtable import INFLIGHT
+    kept = scratch.get(INFLIGHT)
     if kept is None:
-        return
+        return   # (not FdTable's dump: a check of the running tree keeps none)
     from engine.fds import sys as fsys
     slots = kept.setdefault((st.st_dev, st.st_ino), [])
     for slot in slots:
