@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import socket
 
 import pytest
@@ -19,7 +20,8 @@ from engine.fds import sys as fsys
 # A datagram pair a(10) -> b(11); the process keeps each description sent beside its copy in flight:
 # an eventfd (42), a file at offset 4 (43), a memfd at offset 3 (44), a pipe's read end (45, made
 # non-blocking after the send: the copy in flight is too), a pipe's read end reopened non-blocking
-# (46 keeps the blocking one, the reopened one is in flight alone) and an epoll watching end b (47).
+# (46 keeps the blocking one, the reopened one is in flight alone), an epoll watching end b (47) and
+# one watching the eventfd (50: in flight, an epoll may watch any file when a process holds it too).
 KEPT = py_hold("""
 import fcntl, select, socket
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -34,7 +36,9 @@ r2, w2 = os.pipe(); other = os.open(f"/proc/self/fd/{r2}", os.O_RDONLY | os.O_NO
 socket.send_fds(a, [b"r2"], [other]); os.close(other)
 ep = select.epoll(); ep.register(11, select.EPOLLIN)
 socket.send_fds(a, [b"ep"], [ep.fileno()])
-for n, x in ((42, e), (43, f), (44, m), (45, r), (46, r2), (47, ep.fileno()), (48, w), (49, w2)):
+ep2 = select.epoll(); ep2.register(e, select.EPOLLIN)
+socket.send_fds(a, [b"ep2"], [ep2.fileno()])
+for n, x in ((42, e), (43, f), (44, m), (45, r), (46, r2), (47, ep.fileno()), (48, w), (49, w2), (50, ep2.fileno())):
     os.dup2(x, n)
 """)
 
@@ -61,10 +65,14 @@ def test_fds_in_flight_share_the_descriptions_the_process_keeps(case):
             (r,) = _recv(b, b"r", 1)
             (r2,) = _recv(b, b"r2", 1)
             (ep,) = _recv(b, b"ep", 1)
-            got += [e, f, m, r, r2, ep]
-        for mine, theirs in ((e, 42), (f, 43), (m, 44), (r, 45), (ep, 47)):
+            (ep2,) = _recv(b, b"ep2", 1)
+            got += [e, f, m, r, r2, ep, ep2]
+        kept[50] = grab_fd(state.pid, 50)
+        for mine, theirs in ((e, 42), (f, 43), (m, 44), (r, 45), (ep, 47), (ep2, 50)):
             assert _same(mine, kept[theirs]), f"fd {theirs}: the fd in flight is another description"
         os.eventfd_write(kept[42], 3)
+        with select.epoll.fromfd(os.dup(ep2)) as poll:
+            assert len(poll.poll(0)) == 1   # (its target, the eventfd, counts 3)
         assert os.eventfd_read(e) == 3   # (one counter)
         assert os.lseek(f, 0, os.SEEK_CUR) == 4
         os.lseek(kept[43], 7, os.SEEK_SET)
@@ -137,10 +145,10 @@ def test_a_description_in_flight_is_named_once_and_a_forged_one_refused(case, tm
     flying = _inflight(doc)
     held = {e["desc"]: e for p in doc["processes"] for e in p["fds"] if "desc" in e}
     shared = [f for f in flying if "desc" in f]
-    assert sorted(f["kind"] for f in shared) == ["epoll", "eventfd", "file", "memfd", "pipe"], flying
+    assert sorted(f["kind"] for f in shared) == ["epoll", "epoll", "eventfd", "file", "memfd", "pipe"], flying
     for f in shared:
         assert held[f["desc"]].get("kind", "file") == f["kind"]
-    assert next(f for f in shared if f["kind"] == "epoll")["targets"] == []
+    assert [f["targets"] for f in shared if f["kind"] == "epoll"] == [[], []]
     image.load(img)
     for forge in ("d-999", "eventfd"):
         bad = copy_image(img, tmp_path / forge)

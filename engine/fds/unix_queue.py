@@ -138,12 +138,33 @@ def inflight_kind(d, fd: int, target: str, mode: int, selves=()):
     if kind is None or kind.name not in INFLIGHT_KINDS:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs, pipes, "
                                         "memfds, eventfds, signalfds, timerfds and epolls in flight are supported")
-    if kind.name == "epoll":   # (refused unless each target is an end of this pair)
+    if kind.name == "epoll" and not held(d, fd):   # (refused unless each target is an end of this pair)
         from engine.fds import epoll
         epoll.inflight_targets(fd, f"{d.where}: an fd in flight ({target})", selves)
     if kind.name == "memfd":   # (its size)
         kind.precheck(_Copy(fd, target, f"{d.where}: an fd in flight ({target})", {}))
     return kind
+
+
+def held(d, fd: int) -> bool:
+    """Whether our copy `fd` of an fd in flight is the same open file description as an fd a process
+    of the tree holds (d.scratch["pids"], else d.pid): kcmp KCMP_FILE among those on its inode. An
+    epoll's so held is restored by that fd, its interest list with it (FdTable.mark_shared)."""
+    from engine.fds import sys as fsys
+    st = os.fstat(fd)
+    for pid in d.scratch.get("pids") or (d.pid,):
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for n in names:
+            try:
+                t = os.stat(f"/proc/{pid}/fd/{n}")
+                if (t.st_dev, t.st_ino) == (st.st_dev, st.st_ino) and fsys.same_file(pid, int(n), os.getpid(), fd):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 class _Copy:
@@ -203,7 +224,8 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
     keep_copy(d.scratch, fd, st, entry)
     if kind.name == "epoll":
         from engine.fds import epoll
-        entry["targets"] = epoll.inflight_targets(fd, what, selves or {})
+        # (one a process holds too: its targets are that fd's, FdTable.mark_shared empties these)
+        entry["targets"] = [] if held(d, fd) else epoll.inflight_targets(fd, what, selves or {})
         return entry
     if kind.name == "memfd" or kind.name in STATE_KINDS:
         # (a memfd's object: name, content and seals, shared with the tree's fds on it; an eventfd's
