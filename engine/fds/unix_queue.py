@@ -3,8 +3,10 @@
 Dump peeks the messages of a datagram or seqpacket socket with a peek offset (their bounds kept)
 and describes each fd in flight as a file or FIFO on a mount of the tree, a pipe, a memfd (its
 object: name, content, seals), an eventfd, signalfd or timerfd (their state, as their kinds dump
-it), or an epoll whose targets are ends of the pair it waits on; restore
-opens those again and sends the queue from the peer, one message a send.
+it), or an epoll whose targets are ends of the pair it waits on (or any, when a process of the tree
+holds it too); restore opens those again and sends the queue from the peer, one message a send. An fd
+in flight that is the same open file description as a process's fd or another fd in flight (kept
+and sent, sent twice) names it ("desc", FdTable.mark_shared) and is sent again as that description.
 """
 
 from __future__ import annotations
