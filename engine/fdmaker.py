@@ -23,6 +23,7 @@ class FdMaker:
         self.keep: list[int] = []
         self.late: list = []     # (what, fn) run once every process got its fds (RestoreFd.late)
         self.descs: dict[str, int] = {}
+        self.flying: set[str] = set()   # descriptions made for fds in flight, no process's fd yet (`share`)
         self.owned: list[tuple[int, dict, str]] = []   # (our copy, entry, what) of fds with a signal owner
         self.chans: dict = {}   # image pid -> its stand-in's channel (prepare: for standin_of)
 
@@ -54,7 +55,14 @@ class FdMaker:
         `where` names the fd in an error of `set_owners`."""
         desc = entry.get("desc")
         if desc is not None and desc in self.descs:
-            return os.dup(self.descs[desc]), False
+            if desc not in self.flying:
+                return os.dup(self.descs[desc]), False
+            # (made for an fd in flight: this is the first fd of a process on it, which gives it its
+            # signal owner and runs its kind's steps after, as a new description's first fd does)
+            self.flying.discard(desc)
+            fd = os.dup(self.descs[desc])
+            self.give_owner(fd, entry, where)
+            return fd, True
         kind = fds.lookup(entry.get("kind", "file"))
 
         def standin(fn, args, sent=(), chan=chan):
@@ -68,12 +76,27 @@ class FdMaker:
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
                           standin=standin, keep=self.keep, proc=self.proc,
                           open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd,
-                          standin_of=standin_of)
+                          standin_of=standin_of, share=self.share)
         fd = kind.open(r)
         self.give_owner(fd, entry, where)
         if desc is not None:
             self.descs[desc] = os.dup(fd)
         return fd, True
+
+    def share(self, desc: str, make) -> int:
+        """Our fd on description `desc` for an fd in flight: a dup of the one made already (by a
+        process's fd or another fd in flight), else make() (noted in `flying` until a process's fd
+        on it comes: `open`)."""
+        if desc in self.descs:
+            return os.dup(self.descs[desc])
+        fd = make()
+        try:
+            self.descs[desc] = os.dup(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self.flying.add(desc)
+        return fd
 
     def give_owner(self, fd: int, entry: dict, where: str = "fd") -> None:
         """Note that our description `fd` gets the signal owner, signal and O_ASYNC of image fd
@@ -123,5 +146,6 @@ class FdMaker:
             except OSError:
                 pass
         self.descs.clear()
+        self.flying.clear()
         self.keep.clear()
         self.owned.clear()

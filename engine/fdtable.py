@@ -15,6 +15,10 @@ import stat
 from engine import fds, filelocks, fown, kernel
 from engine.fds import sys as fsys
 
+# scratch's key of the fds in flight whose copies dump keeps (engine/fds/unix_queue.py keep_copy):
+# {(dev, ino): [[our copy, [their entries]]]} (unix_queue is loaded only by a tree with unix sockets)
+INFLIGHT = "inflight"
+
 
 class FdTable:
     """Collects fd entries; `objects` is the image's shared objects (pipes, memfds, sockets)."""
@@ -23,7 +27,7 @@ class FdTable:
         """`takes`: where kinds add steps fn(doc) that take from the tree (run by dump last, the tree
         killed after); None when the tree keeps running (--leave-running): such fds are refused."""
         self.objects: dict[str, dict] = {}
-        self.scratch: dict = {"takes": takes}
+        self.scratch: dict = {"takes": takes, INFLIGHT: {}}
         self._pidfds: dict[int, int] = {}
         self._inode: dict[tuple[int, int], int] = {}   # (pid, fd) -> (dev, ino) key
         self._locks: dict[tuple[int, int], tuple] = {}   # (pid, fd) -> (target, its locks) (engine/filelocks.py)
@@ -99,30 +103,43 @@ class FdTable:
         filelocks.settle(procs_doc, self._locks)
 
     def mark_shared(self, procs_doc: list[dict]) -> None:
-        """Give fds that are one open file description the same "desc" id (dup, fork, SCM_RIGHTS)."""
-        by_inode: dict[tuple[int, int], list[tuple[int, dict]]] = {}
+        """Give fds that are one open file description the same "desc" id (dup, fork, SCM_RIGHTS):
+        the tree's fds and the fds in flight in its sockets' queues (our copies, unix_queue.keep_copy),
+        so restore sends the very description a process holds, or one description sent twice, again."""
+        by_inode: dict[tuple[int, int], list[tuple[int, int, list[dict], bool]]] = {}
         for p in procs_doc:
             for e in p["fds"]:
                 key = self._inode.get((p["pid"], e["fd"]))
                 if key is not None:
-                    by_inode.setdefault(key, []).append((p["pid"], e))
+                    by_inode.setdefault(key, []).append((p["pid"], e["fd"], [e], True))
+        me = os.getpid()
+        kept = self.scratch[INFLIGHT]
+        if kept:
+            from engine.fds import unix_queue
+            # (a queue peeked twice, through two fds on one socket, keeps the last peek's entries only)
+            queued = {id(f) for f in unix_queue.queued_fds(procs_doc, self.objects)}
+        for key, slots in kept.items():
+            by_inode.setdefault(key, []).extend((me, fd, [e for e in entries if id(e) in queued], False)
+                                                for fd, entries in slots)
         n = 0
         for members in by_inode.values():
-            if len(members) < 2:
+            if len(members) < 2 and len(members[0][2]) < 2:
                 continue
-            groups: list[list[tuple[int, dict]]] = []
-            for pid, e in members:
+            groups: list[list[tuple[int, int, list[dict], bool]]] = []
+            for m in members:
                 for g in groups:
-                    if fsys.same_file(g[0][0], g[0][1]["fd"], pid, e["fd"]):
-                        g.append((pid, e))
+                    if fsys.same_file(g[0][0], g[0][1], m[0], m[1]):
+                        g.append(m)
                         break
                 else:
-                    groups.append([(pid, e)])
+                    groups.append([m])
             for g in groups:
-                if len(g) > 1:
-                    for _, e in g:
+                entries = [e for m in g for e in m[2]]
+                if len(entries) > 1:
+                    for e in entries:
                         e["desc"] = f"d-{n}"
                     n += 1
+                    _one_arming(g)
 
     @property
     def unplaced(self) -> list:
@@ -131,12 +148,31 @@ class FdTable:
         return list(self.scratch.get("unplaced", ()))
 
     def close(self) -> None:
-        """Close the pidfds (the fds behind `unplaced` stay open until `release`)."""
+        """Close the pidfds and our copies of fds in flight (the fds behind `unplaced` stay open
+        until `release`)."""
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()
+        for slots in self.scratch[INFLIGHT].values():
+            for fd, _ in slots:
+                os.close(fd)
+        self.scratch[INFLIGHT].clear()
 
     def release(self) -> None:
         """Close our fds behind `unplaced`, once dump has planned the detached mounts."""
         for _loc, _pid, link in self.scratch.pop("unplaced", ()):
             os.close(int(link.rsplit("/", 1)[1]))
+
+
+def _one_arming(group: list) -> None:
+    """Of one epoll description's entries (`group`: mark_shared's members), only one registers the
+    targets again: a process's fd on it (its kind's `after`), else the first fd in flight of it
+    (registered on its pair's new ends, unix_queue.send_queue); the others' targets are emptied (a
+    second registration of one target fails: EEXIST)."""
+    flying = [e for _, _, entries, held in group if not held for e in entries if e.get("kind") == "epoll"]
+    keep = not any(held for _, _, _, held in group)
+    for e in flying:
+        if keep and e["targets"]:
+            keep = False
+            continue
+        e["targets"] = []

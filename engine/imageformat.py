@@ -1113,6 +1113,7 @@ def validate(doc) -> None:
     _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
     _check_objects(doc.get("objects") or {})
     _check_processes(doc, mounts, detached)
+    _check_inflight_descs(doc)
     _check_host_ns(doc["processes"])
     _check_zombies(doc)
     _check_sessions(doc)
@@ -2284,6 +2285,15 @@ def _kind_record(kind) -> Record:
         _KIND_RECORDS[kind.name] = rec
         _REQUIRED[rec.name] = rec.required
     return rec
+
+
+def _check_inflight_descs(doc: dict) -> None:
+    """The fds in flight that share a description with other fds (engine/fds/unix_check.py; loaded
+    only for an image with queued messages)."""
+    if any("msgs" in e for p in doc["processes"] for e in p["fds"]) \
+            or any("msgs" in o for o in (doc.get("objects") or {}).values()):
+        from engine.fds import unix_check
+        unix_check.check_inflight_descs(doc)
 
 
 def _check_objects(objects: dict) -> None:

@@ -1426,7 +1426,8 @@ os.dup2(r.fileno(), 10); r.close()
 def test_fds_in_flight_to_a_named_socket(case):
     """A datagram carrying an fd (SCM_RIGHTS) sent by an unbound client to a socket bound to a path,
     and one to an abstract name: after restore each receiver gets its datagram with an fd on the
-    same file, at the same offset."""
+    same file, at the same offset: the same open file description both (sent twice), whose offset
+    the first read moves for the second (tests/test_engine_inflight_shared.py)."""
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo "in flight" > /mnt/t/file
 """ + py_hold("""
@@ -1442,16 +1443,19 @@ os.dup2(p.fileno(), 10); os.dup2(a.fileno(), 11); p.close(); a.close()
 """)
     state = case.roundtrip(setup)[-1]
     import socket
-    for n, want in ((10, b"with fd"), (11, b"abstract")):
-        s = _grab_socket(state.pid, n)
-        with s:
-            data, fds, _, _ = socket.recv_fds(s, 100, 4, socket.MSG_DONTWAIT)
-            try:
+    from engine.fds import sys as fsys
+    got = []
+    try:
+        for n, want in ((10, b"with fd"), (11, b"abstract")):
+            with _grab_socket(state.pid, n) as s:
+                data, fds, _, _ = socket.recv_fds(s, 100, 4, socket.MSG_DONTWAIT)
+                got += fds
                 assert (data, len(fds)) == (want, 1)
-                assert os.read(fds[0], 100) == b"flight\n"
-            finally:
-                for x in fds:
-                    os.close(x)
+        assert fsys.same_file(os.getpid(), got[0], os.getpid(), got[1])
+        assert os.read(got[1], 100) == b"flight\n" and os.read(got[0], 100) == b""
+    finally:
+        for x in got:
+            os.close(x)
 
 
 

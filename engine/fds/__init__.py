@@ -101,6 +101,9 @@ class RestoreFd:
     # standin_of(image pid) -> a `standin`-like call into that process's stand-in (this kind's
     # hooks), or None when the image has no such process (a listener another process listened on).
     standin_of: Callable | None = None
+    # share(desc id, make) -> our fd on the description an image "desc" names: made by make() the
+    # first time (an fd in flight that shares it: engine/fds/unix_queue.py open_inflight), else a dup.
+    share: Callable | None = None
 
     @property
     def where(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import binascii   # (base64's own calls, without base64.py: it imports re)
 import os
 
+from engine.imageformat import _DESC_ID as DESC_ID
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record, rng
 from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_opts, unix_queue
 
@@ -176,6 +177,10 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
             if set(m) != {"data", "fds"} or not isinstance(fds, list) or not 0 < len(fds) <= 253:
                 _fail(f"{what}: bad fds of a queued message")
             for f in fds:
+                if isinstance(f, dict) and "desc" in f and (f.get("kind") == unix_queue.PAIR_END
+                                                            or not isinstance(f["desc"], str)
+                                                            or not DESC_ID.match(f["desc"])):
+                    _fail(f"{what}: bad description id of an fd in flight")
                 if isinstance(f, dict) and f.get("kind") == unix_queue.PAIR_END:
                     if not pair or set(f) != {"kind", "end"} or f["end"] not in (0, 1) or type(f["end"]) is not int:
                         _fail(f"{what}: bad pair end in flight")
@@ -187,7 +192,7 @@ def _check_msgs(queue, what: str, pair: bool = False) -> None:
                     _check_state(f, what)
                     continue
                 if not isinstance(f, dict) or f.get("kind") not in unix_queue.INFLIGHT_KINDS \
-                        or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
+                        or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj", "desc"} \
                         or ("obj" in f and (f["kind"] == "file" or not isinstance(f["obj"], str))) \
                         or type(f.get("flags")) is not int or not 0 <= f["flags"] < 1 << 22 \
                         or type(f.get("pos")) is not int or not 0 <= f["pos"] < 1 << 63 \
@@ -209,7 +214,7 @@ def _check_state(f: dict, what: str) -> None:
     from engine import fds, imageformat
     from engine.image import _fail
     kind = fds.lookup(f["kind"])
-    if set(f) - {"kind", "flags", "pos"} - set(kind.fields):
+    if set(f) - {"kind", "flags", "pos", "desc"} - set(kind.fields):
         _fail(f"{what}: bad {f['kind']} in flight")
     imageformat.check_record(imageformat._kind_record(kind), {**f, "fd": 0}, f"{what}: {f['kind']} in flight")
     kind.check(f, f"{what}: {f['kind']} in flight")
@@ -219,10 +224,35 @@ def _check_epoll(f: dict, what: str, pair: bool) -> None:
     """An epoll in flight: its flags and targets, ends of the pair whose queue it waits on (`pair`)."""
     from engine.fds import epoll
     from engine.image import _fail
-    if set(f) != {"kind", "flags", "pos", "targets"} or type(f["flags"]) is not int \
+    if set(f) - {"desc"} != {"kind", "flags", "pos", "targets"} or type(f["flags"]) is not int \
             or not 0 <= f["flags"] < 1 << 22 or f["pos"] != 0 or (f["targets"] and not pair):
         _fail(f"{what}: bad epoll in flight")
     epoll.check_inflight_targets(f["targets"], what)
+
+
+def check_inflight_descs(doc: dict) -> None:
+    """Across the image: an fd in flight naming a description ("desc", FdTable.mark_shared) names one
+    that another fd holds (a process's, or another in flight), all of its kind; of an epoll's, only
+    one registers its targets, and none when a process's fd on it does (its kind's `after`).
+    Restore sends that very description (FdMaker.share); a forged id would have been a new one."""
+    from engine.image import _fail
+    held: dict[str, list[str]] = {}
+    for p in doc["processes"]:
+        for e in p["fds"]:
+            if "desc" in e:
+                held.setdefault(e["desc"], []).append(e.get("kind", "file"))
+    flying: dict[str, list[dict]] = {}
+    for f in unix_queue.queued_fds(doc["processes"], doc.get("objects") or {}):
+        if "desc" in f:
+            flying.setdefault(f["desc"], []).append(f)
+    for desc, fs in flying.items():
+        kinds = held.get(desc, []) + [f["kind"] for f in fs]
+        if len(kinds) < 2:
+            _fail(f"an fd in flight names description {desc}, which no other fd holds")
+        if len(set(kinds)) > 1:
+            _fail(f"an fd in flight names description {desc}, held by fds of other kinds ({', '.join(sorted(set(kinds)))})")
+        if sum(1 for f in fs if f.get("targets")) > (0 if desc in held else 1):
+            _fail(f"an epoll in flight of description {desc} registers targets its other fds register")
 
 
 def check_object(obj: dict, what: str) -> None:

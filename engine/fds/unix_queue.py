@@ -3,8 +3,10 @@
 Dump peeks the messages of a datagram or seqpacket socket with a peek offset (their bounds kept)
 and describes each fd in flight as a file or FIFO on a mount of the tree, a pipe, a memfd (its
 object: name, content, seals), an eventfd, signalfd or timerfd (their state, as their kinds dump
-it), or an epoll whose targets are ends of the pair it waits on; restore
-opens those again and sends the queue from the peer, one message a send.
+it), or an epoll whose targets are ends of the pair it waits on (or any, when a process of the tree
+holds it too); restore opens those again and sends the queue from the peer, one message a send. An fd
+in flight that is the same open file description as a process's fd or another fd in flight (kept
+and sent, sent twice) names it ("desc", FdTable.mark_shared) and is sent again as that description.
 """
 
 from __future__ import annotations
@@ -139,12 +141,33 @@ def inflight_kind(d, fd: int, target: str, mode: int, selves=()):
     if kind is None or kind.name not in INFLIGHT_KINDS:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs, pipes, "
                                         "memfds, eventfds, signalfds, timerfds and epolls in flight are supported")
-    if kind.name == "epoll":   # (refused unless each target is an end of this pair)
+    if kind.name == "epoll" and not held(d, fd):   # (refused unless each target is an end of this pair)
         from engine.fds import epoll
         epoll.inflight_targets(fd, f"{d.where}: an fd in flight ({target})", selves)
     if kind.name == "memfd":   # (its size)
         kind.precheck(_Copy(fd, target, f"{d.where}: an fd in flight ({target})", {}))
     return kind
+
+
+def held(d, fd: int) -> bool:
+    """Whether our copy `fd` of an fd in flight is the same open file description as an fd a process
+    of the tree holds (d.scratch["pids"], else d.pid): kcmp KCMP_FILE among those on its inode. An
+    epoll's so held is restored by that fd, its interest list with it (FdTable.mark_shared)."""
+    from engine.fds import sys as fsys
+    st = os.fstat(fd)
+    for pid in d.scratch.get("pids") or (d.pid,):
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for n in names:
+            try:
+                t = os.stat(f"/proc/{pid}/fd/{n}")
+                if (t.st_dev, t.st_ino) == (st.st_dev, st.st_ino) and fsys.same_file(pid, int(n), os.getpid(), fd):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 class _Copy:
@@ -202,9 +225,11 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
             key, _, value = line.partition(":")
             info[key.strip()] = value.strip()
     entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
+    keep_copy(d.scratch, fd, st, entry)
     if kind.name == "epoll":
         from engine.fds import epoll
-        entry["targets"] = epoll.inflight_targets(fd, what, selves or {})
+        # (one a process holds too: its targets are that fd's, FdTable.mark_shared empties these)
+        entry["targets"] = [] if held(d, fd) else epoll.inflight_targets(fd, what, selves or {})
         return entry
     if kind.name == "memfd" or kind.name in STATE_KINDS:
         # (a memfd's object: name, content and seals, shared with the tree's fds on it; an eventfd's
@@ -244,6 +269,32 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
         raise FdError(errno.EOPNOTSUPP, f"{what}: on a detached mount: not supported")
     entry.update({"mnt": loc["mnt"], "path": loc["path"]})
     return entry
+
+
+def keep_copy(scratch: dict, fd: int, st: os.stat_result, entry: dict) -> None:
+    """Keep a copy of our `fd` (an fd in flight, its `entry`) until FdTable.mark_shared tells which
+    description of the tree or in flight it is (its "desc"): one copy a description, found by kcmp
+    KCMP_FILE (our own pid twice) among those on the same inode; the entries of one copy share it."""
+    from engine.fdtable import INFLIGHT
+    kept = scratch.get(INFLIGHT)
+    if kept is None:
+        return   # (not FdTable's dump: a check of the running tree keeps none)
+    from engine.fds import sys as fsys
+    slots = kept.setdefault((st.st_dev, st.st_ino), [])
+    for slot in slots:
+        if fsys.same_file(os.getpid(), slot[0], os.getpid(), fd):
+            slot[1].append(entry)
+            return
+    import fcntl
+    slots.append([fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0), [entry]])
+
+
+def queued_fds(processes: list[dict], objects: dict) -> list[dict]:
+    """The fd entries in flight in the queues of the tree's unix sockets (processes' fd entries and
+    socket pair objects), each once, the dicts themselves."""
+    queues = [e.get("msgs") or () for p in processes for e in p["fds"] if e.get("kind") == "unix"]
+    queues += [q for o in objects.values() if o.get("kind") == "unix" for q in o.get("msgs") or ()]
+    return [f for q in queues for m in q if isinstance(m, dict) for f in m["fds"]]
 
 
 def inflight_mounts(msgs: list) -> list[int]:
@@ -355,10 +406,19 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         raise FdError(f"its queued bytes do not fit back: the socket takes {done} of {len(data)}") from None
 
 
-def open_inflight(r: RestoreFd, msgs) -> list[int]:
-    """Our fds on new descriptions of the files in flight in `msgs`, in order (their mounts must be
-    among the entry's `mnts`, which the validator checked)."""
+def _open_one(sub: RestoreFd) -> int:
+    """A new description for fd in flight `sub` (its kind's open)."""
     from engine import fds as kinds
+    fd = kinds.lookup(sub.entry["kind"]).open(sub)
+    if sub.entry["kind"] == "epoll" and sub.entry["flags"] & os.O_NONBLOCK:
+        os.set_blocking(fd, False)
+    return fd
+
+
+def open_inflight(r: RestoreFd, msgs) -> list[int]:
+    """Our fds on the files in flight in `msgs`, in order: new descriptions, or, for one with a
+    "desc", the description a process's fd or an earlier fd in flight of it has (r.share). Their
+    mounts must be among the entry's `mnts`, which the validator checked."""
     out: list[int] = []
     try:
         for m in msgs:
@@ -374,9 +434,11 @@ def open_inflight(r: RestoreFd, msgs) -> list[int]:
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no {want} object {f['obj'][:40]!r}")
                 sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
                                 standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
-                out.append(kinds.lookup(f["kind"]).open(sub))
-                if f["kind"] == "epoll" and f["flags"] & os.O_NONBLOCK:
-                    os.set_blocking(out[-1], False)
+                if "desc" in f and r.share is not None:
+                    # (the description a process's fd or another fd in flight has: made once)
+                    out.append(r.share(f["desc"], lambda sub=sub: _open_one(sub)))
+                else:
+                    out.append(_open_one(sub))
     except BaseException:
         for x in out:
             os.close(x)
