@@ -92,7 +92,8 @@ def test_fds_in_flight_share_the_descriptions_the_process_keeps(case):
 
 # Descriptions in flight only, each more than once: an eventfd twice in one message and again in a
 # second, a memfd on two pairs' queues, a file in two messages; the sender closed its own. And a
-# signalfd in flight on a stream pair (s 14 -> t 15) that the process keeps (20).
+# signalfd in flight on a stream pair (s 14 -> t 15) that the process keeps (20), and a FIFO opened
+# once, kept (21) and in flight.
 TWICE = py_hold("""
 import ctypes, signal, socket
 s, t = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -108,6 +109,8 @@ f = os.open("/run/g", os.O_RDWR | os.O_CREAT, 0o600); os.write(f, b"0123456789")
 socket.send_fds(a, [b"ee"], [e, e]); socket.send_fds(a, [b"em"], [e, m]); socket.send_fds(c, [b"m"], [m])
 socket.send_fds(a, [b"f1"], [f]); socket.send_fds(a, [b"f2"], [f])
 for x in (e, m, f): os.close(x)
+os.mkfifo("/run/q"); q = os.open("/run/q", os.O_RDWR | os.O_NONBLOCK)
+socket.send_fds(a, [b"q"], [q]); os.dup2(q, 21)
 for n, x in ((10, a), (11, b), (12, c), (13, d)): os.dup2(x.fileno(), n)
 """)
 
@@ -118,16 +121,17 @@ def test_a_description_in_flight_twice_comes_back_once(case):
     with socket.socket(fileno=grab_fd(state.pid, 11)) as b, socket.socket(fileno=grab_fd(state.pid, 13)) as d:
         b.setblocking(False)
         d.setblocking(False)
-        for sock, want, n in ((b, b"ee", 2), (b, b"em", 2), (d, b"m", 1), (b, b"f1", 1), (b, b"f2", 1)):
+        for sock, want, n in ((b, b"ee", 2), (b, b"em", 2), (d, b"m", 1), (b, b"f1", 1), (b, b"f2", 1), (b, b"q", 1)):
             got += _recv(sock, want, n)
     with socket.socket(fileno=grab_fd(state.pid, 15)) as t:
         t.setblocking(False)
         got += _recv(t, b"head sig", 1)
-    kept = grab_fd(state.pid, 20)
-    got.append(kept)
+    got += [grab_fd(state.pid, 20), grab_fd(state.pid, 21)]
     try:
-        e1, e2, e3, m1, m2, f1, f2, sig, kept = got
-        assert _same(sig, kept)
+        e1, e2, e3, m1, m2, f1, f2, q, sig, kept, fifo = got
+        assert _same(sig, kept) and _same(q, fifo)
+        os.write(fifo, b"through")
+        assert os.read(q, 10) == b"through" and not os.get_blocking(q)
         assert _same(e1, e2) and _same(e1, e3) and _same(m1, m2) and _same(f1, f2)
         os.eventfd_write(e1, 5)
         assert os.eventfd_read(e3) == 5
