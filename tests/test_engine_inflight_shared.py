@@ -91,9 +91,16 @@ def test_fds_in_flight_share_the_descriptions_the_process_keeps(case):
 
 
 # Descriptions in flight only, each more than once: an eventfd twice in one message and again in a
-# second, a memfd on two pairs' queues, a file in two messages; the sender closed its own.
+# second, a memfd on two pairs' queues, a file in two messages; the sender closed its own. And a
+# signalfd in flight on a stream pair (s 14 -> t 15) that the process keeps (20), and a FIFO opened
+# once, kept (21) and in flight.
 TWICE = py_hold("""
-import socket
+import ctypes, signal, socket
+s, t = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+mask = ctypes.c_uint64(1 << (signal.SIGUSR2 - 1))
+sfd = ctypes.CDLL(None).signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK)
+s.send(b"head "); socket.send_fds(s, [b"sig"], [sfd])
+os.dup2(sfd, 20); os.close(sfd); os.dup2(s.fileno(), 14); os.dup2(t.fileno(), 15)
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 e = os.eventfd(0, os.EFD_NONBLOCK)
@@ -102,6 +109,8 @@ f = os.open("/run/g", os.O_RDWR | os.O_CREAT, 0o600); os.write(f, b"0123456789")
 socket.send_fds(a, [b"ee"], [e, e]); socket.send_fds(a, [b"em"], [e, m]); socket.send_fds(c, [b"m"], [m])
 socket.send_fds(a, [b"f1"], [f]); socket.send_fds(a, [b"f2"], [f])
 for x in (e, m, f): os.close(x)
+os.mkfifo("/run/q"); q = os.open("/run/q", os.O_RDWR | os.O_NONBLOCK)
+socket.send_fds(a, [b"q"], [q]); os.dup2(q, 21)
 for n, x in ((10, a), (11, b), (12, c), (13, d)): os.dup2(x.fileno(), n)
 """)
 
@@ -112,10 +121,17 @@ def test_a_description_in_flight_twice_comes_back_once(case):
     with socket.socket(fileno=grab_fd(state.pid, 11)) as b, socket.socket(fileno=grab_fd(state.pid, 13)) as d:
         b.setblocking(False)
         d.setblocking(False)
-        for sock, want, n in ((b, b"ee", 2), (b, b"em", 2), (d, b"m", 1), (b, b"f1", 1), (b, b"f2", 1)):
+        for sock, want, n in ((b, b"ee", 2), (b, b"em", 2), (d, b"m", 1), (b, b"f1", 1), (b, b"f2", 1), (b, b"q", 1)):
             got += _recv(sock, want, n)
+    with socket.socket(fileno=grab_fd(state.pid, 15)) as t:
+        t.setblocking(False)
+        got += _recv(t, b"head sig", 1)
+    got += [grab_fd(state.pid, 20), grab_fd(state.pid, 21)]
     try:
-        e1, e2, e3, m1, m2, f1, f2 = got
+        e1, e2, e3, m1, m2, f1, f2, q, sig, kept, fifo = got
+        assert _same(sig, kept) and _same(q, fifo)
+        os.write(fifo, b"through")
+        assert os.read(q, 10) == b"through" and not os.get_blocking(q)
         assert _same(e1, e2) and _same(e1, e3) and _same(m1, m2) and _same(f1, f2)
         os.eventfd_write(e1, 5)
         assert os.eventfd_read(e3) == 5
@@ -160,3 +176,33 @@ def test_a_description_in_flight_is_named_once_and_a_forged_one_refused(case, tm
             image.load(bad)
         assert "\n" not in str(err.value) and "in flight" in str(err.value), err.value
         assert f["desc"] in str(err.value), err.value
+
+
+def test_validator_refuses_descriptions_in_flight_it_cannot_send_again():
+    """A description id in flight: well formed (d-N), held by another fd of its kind, and of an
+    epoll's copies one at most registers targets (none when a process holds it): else one line."""
+    from engine import image
+    from engine.fds import unix_check
+    ev = {"kind": "eventfd", "flags": 2, "pos": 0, "count": 1, "semaphore": False}
+    ep = {"kind": "epoll", "flags": 2, "pos": 0, "targets": [{"fd": 5, "events": 1, "data": 5, "end": 1}]}
+
+    def doc(held: list, flying: list) -> dict:
+        pair = {"kind": "unix", "type": "dgram", "data": ["", ""],
+                "msgs": [[{"data": "eA==", "fds": flying}], []]}
+        return {"processes": [{"pid": 1, "fds": held}], "objects": {"unixpair-1": pair}}
+
+    unix_check.check_inflight_descs(doc([{"fd": 3, **ev, "desc": "d-0"}], [{**ev, "desc": "d-0"}]))
+    unix_check.check_inflight_descs(doc([], [{**ep, "desc": "d-1"}, {**ep, "targets": [], "desc": "d-1"}]))
+    for held, flying, why in (
+            ([], [{**ev, "desc": "d-7"}], "d-7, which no other fd holds"),
+            ([{"fd": 3, "kind": "memfd", "desc": "d-0"}], [{**ev, "desc": "d-0"}], r"other kinds \(eventfd, memfd\)"),
+            ([{"fd": 3, **ep, "desc": "d-0"}], [{**ep, "desc": "d-0"}], "registers targets"),
+            ([], [{**ep, "desc": "d-1"}, {**ep, "desc": "d-1"}], "registers targets")):
+        with pytest.raises(image.ImageError, match=why):
+            unix_check.check_inflight_descs(doc(held, flying))
+    for bad in ("x-1", 7, "d-"):
+        with pytest.raises(image.ImageError, match="bad description id of an fd in flight"):
+            unix_check._check_msgs([{"data": "eA==", "fds": [{**ev, "desc": bad}]}], "fd 3")
+    with pytest.raises(image.ImageError, match="bad description id of an fd in flight"):
+        unix_check._check_msgs([{"data": "eA==", "fds": [{"kind": "pair_end", "end": 0, "desc": "d-0"}]}], "x",
+                               pair=True)

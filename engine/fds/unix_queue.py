@@ -286,7 +286,13 @@ def keep_copy(scratch: dict, fd: int, st: os.stat_result, entry: dict) -> None:
             slot[1].append(entry)
             return
     import fcntl
-    slots.append([fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0), [entry]])
+    try:
+        slots.append([fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0), [entry]])
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        raise FdError(errno.EMFILE, "more descriptions in flight than dump may hold open to compare: raise "
+                                    "its open files limit (ulimit -n) and dump again") from None
 
 
 def queued_fds(processes: list[dict], objects: dict) -> list[dict]:
