@@ -13,10 +13,11 @@ from enginecase import STOP_WATCH, CRError, case, was_stopped  # noqa: F401  (fi
 _SETUP = STOP_WATCH + """
 mkdir -p /run/log /run/ct; touch /run/ct/log
 busybox syslogd -n -O /run/log/messages </dev/null >/dev/null 2>&1 &
+syslogd=$!
 wait_for /dev/log
+# (the tree is ready once this process runs hold, which it execs after its bind: no sleep)
 unshare -m --propagation private sh -c 'mount --bind /dev/log /run/ct/log; exec /.hold/mntcr-hold 100000' \
   </dev/null >/dev/null 2>&1 &
-sleep 0.3
 hold
 """
 
@@ -33,7 +34,8 @@ def test_bind_of_a_bound_socket_file_refused_unstopped(case):
 def test_bind_of_a_socket_file_nobody_is_bound_to(case):
     """The same bind once syslogd is gone (its socket file stays, nobody bound to it): restore keeps
     the file, the mount comes back with its root."""
-    setup = _SETUP.replace("hold\n", "pkill -x busybox || pkill -f syslogd; sleep 0.2\nhold\n")
+    # (syslogd gone and reaped before hold: kill and wait, not a fixed sleep after pkill)
+    setup = _SETUP.replace("hold\n", "kill $syslogd; wait $syslogd || true\nhold\n")
     before, after = case.roundtrip(setup.replace(STOP_WATCH, ""))
     roots = [m.root for p in after.snap.procs for m in p.mounts if m.mountpoint == "/run/ct/log"]
     assert roots and all(r == "/log" for r in roots), roots

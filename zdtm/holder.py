@@ -54,6 +54,19 @@ zdtm_held() {
         sleep 0.05
     done
 }
+# zdtm_kids PID COMM...: wait until the children of process PID run exactly the COMMs (their
+# /proc/N/comm, in any order; a zombie keeps its comm): a background program has forked and exec'd
+# what it runs for good (flock's, timeout's command; a shell loop's sleep), readiness by state where
+# a fixed sleep lost to a program started late under load.
+zdtm_kids() {
+    _p=$1; shift; _want=$(printf '%s\n' "$@" | sort | tr '\n' ' '); _n=600
+    while :; do
+        _got=$(for _c in $(cat /proc/$_p/task/*/children 2>/dev/null); do cat /proc/$_c/comm 2>/dev/null; done | sort | tr '\n' ' ')
+        [ "$_got" != "$_want" ] || return 0
+        _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_kids: the children of process $_p run '$_got', not '$_want'" >&2; return 1; }
+        sleep 0.05
+    done
+}
 # zdtm_loop_nodes [COUNT]: the container's /dev is private: the loop control node and loop
 # device nodes up to COUNT (default 64) past the first free one (a machine may have many loop
 # devices in use already; one below it may be freed before `mount -o loop` asks for one).
