@@ -36,10 +36,11 @@ SEEDS = sorted(set(range(int(_FROM), int(_TO))) | {39} | RESTORES)   # (39: a du
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_tree_of_namespaces_restores_or_is_refused(case, seed):
     tree = randomns.make(seed)
-    setup = "(" + py_hold(randomns.body(tree)).strip() + ") </dev/null >/dev/null 2>&1 &\nhold\n"
+    setup = enginecase.STOP_WATCH + "(" + py_hold(randomns.body(tree)).strip() \
+        + ") </dev/null >/dev/null 2>&1 &\nhold\n"
     pid = case.start(setup)
     before = enginecase.take(pid)
-    want = randomns.count(tree) + 1   # (and the setup's shell, holding)
+    want = randomns.count(tree) + 2   # (and the setup's shell, holding, and the stop watcher)
     if len(before.snap.procs) != want:
         raise enginecase.SetupError(f"the setup holds {len(before.snap.procs)} processes, not {want}:\n"
                                     + randomns.describe(tree))
@@ -50,6 +51,9 @@ def test_a_tree_of_namespaces_restores_or_is_refused(case, seed):
         lines = e.proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mntcr dump: "), f"{e}\n{randomns.describe(tree)}"
         assert seed not in RESTORES, f"seed {seed} must restore, its dump refused: {e}\n{randomns.describe(tree)}"
+        assert not enginecase.was_stopped(pid), f"dump stopped the tree before it refused: {lines[0]}\n" \
+            + randomns.describe(tree)
+        print(f"seed {seed}: refused before the stop: {lines[0]}")   # (-rP lists the refusals of a sweep)
         return
     try:
         restored = case.restore(images)
