@@ -35,7 +35,9 @@ is the first in: its pid 1 sibling's, one joined with setns, `bwrap --pidns FD`)
 A pid namespace owned by an ancestor of its user
 namespace is made there first (``userns_start``); its other namespaces other user
 namespaces own are made by helpers and joined before it enters (``ns_made_in``), as
-are a late process's own ipc and net namespaces, made before restore fills them.
+are a late process's own ipc and net namespaces, made before restore fills them. Its children's
+pid namespace, made there too before it entered its own (`unshare -p` then `unshare -U`), its
+stand-in makes there as well (``pidns_children_early``), and forks every child into it.
 
 What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
@@ -165,6 +167,7 @@ def plan(tree, names: dict, ns_kinds) -> dict:
         p.record_stand(pid, ppid)
         p.check_late(pid, ppid, mnt_owner, ns_ino)
     p.check_late_shared(tree, ns_ino, names)
+    p.check_children_early(tree, ns_ino)
     from engine import userns_groups   # (it builds on this module)
     out = p.result()
     userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
@@ -316,9 +319,10 @@ class _Plan:
                                                 f"its own user namespace ({users.describe(own)}): not supported "
                                                 "yet")
         at = self.stand.get(ppid)
-        if at is not None and made_in.get("pid") == at:
-            # Its pid namespace's owner is the user namespace its parent's stand-in is inside: the
-            # stand-in's fork makes it there, as the parent did.
+        if at is not None and (made_in.get("pid") == at or self._children_early(pid, ppid, made_in)):
+            # Its pid namespace's owner is the user namespace its parent's stand-in is inside, or
+            # passed through before it entered its own: the stand-in's fork makes it there, as the
+            # parent did.
             made_in = {k: o for k, o in made_in.items() if k != "pid"}
         below = "pid" not in made_in or _is_ancestor(users, at, made_in["pid"])
         if at is not None and not self._reachable_from(at, [own, *made_in.values()], below):
@@ -352,6 +356,32 @@ class _Plan:
                 procs[pid]["enter_first"] = True
         elif made_in:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
+
+    def _children_early(self, pid: int, ppid, made_in: dict) -> bool:
+        """Whether `pid`'s pid namespace is its parent's children's (`unshare -p`, then `unshare -U`
+        and a fork), owned by the user namespace above its own the parent's stand-in starts in
+        (``userns_start`` with ``userns_first``): that stand-in makes it there before it enters its
+        own (``pidns_children_early``), and forks every child into it (check_children_early)."""
+        from engine import kernel
+        parent = self.procs.get(ppid, {})
+        o = made_in.get("pid")
+        if o is None or not parent.get("userns_first") or parent.get("userns_start") != self.name(o):
+            return False
+        if kernel.ns_ino(pid, "pid") != kernel.ns_ino(ppid, "pid_for_children"):
+            return False
+        parent["pidns_children_early"] = True
+        return True
+
+    def check_children_early(self, tree, ns_ino: dict) -> None:
+        """Refuse a child in its parent's own pid namespace where the parent's stand-in makes its
+        children's before it enters its user namespace (``pidns_children_early``): it forks into
+        that one only, and can no longer join its own from there."""
+        for pid, ppid in tree:
+            if self.procs.get(ppid, {}).get("pidns_children_early") and ppid in ns_ino \
+                    and ns_ino[pid]["pid"] == ns_ino[ppid]["pid"]:
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it is in its parent's pid namespace, and "
+                                                    f"another child of process {ppid} in the pid namespace that "
+                                                    "one made before its user namespace: not supported yet")
 
     def _pid_above(self, pid: int, ppid, own: int, made_in: dict) -> bool:
         """For a process whose stand-in starts in its user namespace: whether its pid namespace is

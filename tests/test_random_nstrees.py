@@ -22,8 +22,10 @@ _FROM, _, _TO = os.environ.get("MNTCR_NSTREE_SEEDS", "0:16").partition(":")
 # mount namespace its parent's stand-in's user namespace owns, above its own; 353, such a process
 # whose parent's stand-in entered the same mount namespace first (its restore failed: "cannot start a
 # stand-in inside its user namespace"); 506, a pid namespace owned below the user namespace the
-# parent's stand-in is in (made there: userns_start)
-RESTORES = {171, 191, 353, 506}
+# parent's stand-in is in (made there: userns_start); 439, a pid namespace its parent made for its
+# children inside the user namespace above its own before it entered that one (`unshare -p`, then
+# -U): the parent's stand-in makes it there too (pidns_children_early; refused before)
+RESTORES = {171, 191, 353, 439, 506}
 # Seeds a dump must refuse before the stop, naming what (dump once succeeded and restore came out
 # otherwise): 346, a pid namespace the parent made before its user namespace, which came back owned
 # by that user namespace
