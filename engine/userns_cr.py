@@ -42,7 +42,9 @@ stand-in makes there as well (``pidns_children_early``), and forks every child i
 What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
-own user namespace nor an ancestor's, or of the dumper's while its parent's stand-in is inside one); a late process (``enter_first`` and its
+own user namespace nor an ancestor's, or of the dumper's while its parent's stand-in is inside one); a
+process in a user namespace above the one its parent's stand-in is in (forked before its parent entered
+that one: check_forked_inside); a late process (``enter_first`` and its
 descendants) with a superblock of a namespace it is the first in (asked before the stop too: engine/
 prestop.py); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
@@ -164,10 +166,10 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             p.record_made_in(pid, ppid, own, mnt_owner, made_in, first)
         if first:
             p.record_first(pid, ppid, own, mnt_owner)
+        p.check_forked_inside(pid, ppid, own)
         p.record_stand(pid, ppid)
         p.check_late(pid, ppid, mnt_owner, ns_ino)
     p.check_late_shared(tree, ns_ino, names)
-    p.check_children_early(tree, ns_ino)
     from engine import userns_groups   # (it builds on this module)
     out = p.result()
     userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
@@ -361,7 +363,9 @@ class _Plan:
         """Whether `pid`'s pid namespace is its parent's children's (`unshare -p`, then `unshare -U`
         and a fork), owned by the user namespace above its own the parent's stand-in starts in
         (``userns_start`` with ``userns_first``): that stand-in makes it there before it enters its
-        own (``pidns_children_early``), and forks every child into it (check_children_early)."""
+        own (``pidns_children_early``), and forks every child into it: a child in the parent's own
+        pid namespace was forked before the parent entered its user namespace, and stays in the one
+        above, which check_forked_inside refuses."""
         from engine import kernel
         parent = self.procs.get(ppid, {})
         o = made_in.get("pid")
@@ -371,17 +375,6 @@ class _Plan:
             return False
         parent["pidns_children_early"] = True
         return True
-
-    def check_children_early(self, tree, ns_ino: dict) -> None:
-        """Refuse a child in its parent's own pid namespace where the parent's stand-in makes its
-        children's before it enters its user namespace (``pidns_children_early``): it forks into
-        that one only, and can no longer join its own from there."""
-        for pid, ppid in tree:
-            if self.procs.get(ppid, {}).get("pidns_children_early") and ppid in ns_ino \
-                    and ns_ino[pid]["pid"] == ns_ino[ppid]["pid"]:
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it is in its parent's pid namespace, and "
-                                                    f"another child of process {ppid} in the pid namespace that "
-                                                    "one made before its user namespace: not supported yet")
 
     def _pid_above(self, pid: int, ppid, own: int, made_in: dict) -> bool:
         """For a process whose stand-in starts in its user namespace: whether its pid namespace is
@@ -427,6 +420,22 @@ class _Plan:
                                                 f"({users.describe(parent_stand)}), which made namespaces too: "
                                                 "not supported yet")
         self.procs[pid]["userns_first"] = True
+
+    def check_forked_inside(self, pid: int, ppid, own: int) -> None:
+        """Refuse a process whose stand-in is a plain fork of its parent's, inside a user namespace
+        (the parent's started in one), where its own user namespace is neither that one nor below
+        it, so that the stand-in could not join it: a child forked before its parent made and
+        entered its user namespace (`unshare -U` after a fork; its other namespaces, made or joined
+        from inside its own, are owned there or below). Restore failed 'setns: Operation not
+        permitted'."""
+        at, rec = self.stand.get(ppid), self.procs.get(pid, {})
+        if at is None or rec.get("userns_first") or rec.get("userns_start"):
+            return
+        if own != at and not _is_ancestor(self.users, at, own):
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its user namespace ({self.users.describe(own)}) "
+                                                "is neither that of its parent's stand-in "
+                                                f"({self.users.describe(at)}) nor below it, which forks its stand-in: "
+                                                "not supported yet")
 
     def record_stand(self, pid: int, ppid) -> None:
         """Where the process's stand-in is until it takes its ids (restore's Rebuild._started_in):

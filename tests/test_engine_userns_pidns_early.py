@@ -58,15 +58,19 @@ def test_children_pid_namespace_made_above_the_own_user_namespace_restores(case)
 
 
 def test_a_child_left_in_the_parent_s_own_pid_namespace_is_refused_before_the_stop(case):
-    """The parent forked a child before it made its children's pid namespace: a stand-in that
-    makes that one before it enters its user namespace cannot fork into its own any more."""
+    """The parent forked a child before it made its children's pid namespace (and its user
+    namespace): the parent's stand-in, inside its own user namespace, could neither fork the child
+    into the parent's own pid namespace nor have it join the user namespace above
+    (engine/userns_cr.py check_forked_inside)."""
     ops, kids = TREE[1][0]
     tree = (TREE[0], (((("fork",), *ops), kids),))
     pid = case.start(_setup(tree))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     lines = err.value.proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and re.fullmatch(r"mntcr dump: process \d+: .*not supported yet", lines[0]), lines
+    assert len(lines) == 1 and re.fullmatch(r"mntcr dump: process \d+: its user namespace \(.*\) is neither that of "
+                                            r"its parent's stand-in \(.*\) nor below it, which forks its stand-in: "
+                                            r"not supported yet", lines[0]), lines
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     print(lines[0])
 
@@ -84,3 +88,19 @@ def test_the_validator_wants_where_the_early_pid_namespace_is_made(case):
     with pytest.raises(image.ImageError) as e:
         imageformat.validate(doc)
     assert "pidns_children_early needs userns_first" in str(e.value)
+
+
+def test_a_child_forked_before_its_parent_entered_its_user_namespace_is_refused_before_the_stop(case):
+    """Without a pid namespace between: the child stays in the user namespace above the parent's,
+    whose stand-in, inside its own (it made a mount and network namespace there), forks the child's
+    and could not have it join the one above; restore failed 'setns: Operation not permitted'."""
+    tree = (TREE[0], (((("fork",), ("user", "0 0 1"), ("ns", randomns.FLAGS["mnt"] | NET, "mnt+net")),
+                       (((), ()),)),))
+    pid = case.start(_setup(tree))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    lines = err.value.proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"mntcr dump: process \d+: its user namespace \(.*\) is neither that of "
+                                            r"its parent's stand-in \(.*\) nor below it, which forks its stand-in: "
+                                            r"not supported yet", lines[0]), lines
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
