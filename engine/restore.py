@@ -1017,9 +1017,10 @@ class _Restorer:
             fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
         in_userns = self.users.spawn_in(p, maker)   # engine/userns_cr.py
         groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
-        if p.get("ns_before_userns") and in_userns is None:
-            raise RestoreError(errno.EINVAL, f"process {p['pid']}: ns_before_userns, but its stand-in does not "
-                                             "start in its user namespace")
+        for key in ("ns_before_userns", "pidns_children_early"):
+            if p.get(key) and in_userns is None:
+                raise RestoreError(errno.EINVAL, f"process {p['pid']}: {key}, but its stand-in does not start in its "
+                                                 "user namespace")
         early = self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc) \
             if in_userns is not None else []
         enter = self._root_cwd(p) if p.get("enter_first") else ()
