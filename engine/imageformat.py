@@ -806,6 +806,9 @@ PROCESS = Record("process", {
     # ...or a new one it made that has no init yet (`unshare --pid` without --fork): its stand-in
     # makes it again (unshare), owned by its user namespace.
     "pidns_children_new": F(BOOL, required=False),
+    # Its stand-in makes `pidns_children` (as its children were forked: always into it) inside its
+    # `userns_start`, before it enters its own user namespace (engine/userns_cr.py).
+    "pidns_children_early": F(BOOL, required=False),
     "seccomp": F(LIST, required=False, rule=_seccomp_rule),
     "loginuid": F(INT, required=False, rule=rng(0, 4294967295)),   # its audit login uid, when not the dumper's
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
@@ -1431,6 +1434,9 @@ def _check_userns(doc: dict, mounts: dict) -> None:
                   "the restorer's")
         if "userns_start" in p and (p["userns_start"] not in users or "userns" not in p):
             _fail(f"process {p['pid']}: userns_start needs a user namespace of its own")
+        if p.get("pidns_children_early") and not (p.get("userns_first") and p.get("userns_start")
+                                                  and "pidns_children" in p):
+            _fail(f"process {p['pid']}: pidns_children_early needs userns_first, userns_start and pidns_children")
         _check_start(p, users, doc["mntns"])
     procs = {p["pid"]: p for p in doc["processes"]}
     for z in doc.get("zombies") or ():

@@ -790,6 +790,8 @@ class _Restorer:
         that none forks any more, it joins the one its children are in (still privileged), or makes
         the one it had made that no process was in yet (`pidns_children_new`)."""
         for p in self.doc["processes"]:
+            if p.get("pidns_children_early"):
+                continue   # (its stand-in made it before it entered its user namespace, and kept it)
             key = ("pid", p["pidns_children"]) if "pidns_children" in p else \
                 ("zombie pid", p["pidns_children_zombie"]) if "pidns_children_zombie" in p else \
                 ("new pid", "a new one") if p.get("pidns_children_new") else None
@@ -1002,8 +1004,9 @@ class _Restorer:
         if maker is None:
             mode = "same" if "pid" in p.get("host_ns", ()) else \
                 "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
-        elif p["ns"]["pid"] == maker["ns"]["pid"]:
-            mode = "same"
+        elif p["ns"]["pid"] == maker["ns"]["pid"] or (maker.get("pidns_children_early")
+                                                      and p["ns"]["pid"] == maker["pidns_children"]):
+            mode = "same"   # (a fork of one whose children's pid namespace is made already: in it)
         elif ("pid", p["ns"]["pid"]) in self.nsfd_of:
             mode = "join"
         else:
@@ -1014,9 +1017,10 @@ class _Restorer:
             fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
         in_userns = self.users.spawn_in(p, maker)   # engine/userns_cr.py
         groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
-        if p.get("ns_before_userns") and in_userns is None:
-            raise RestoreError(errno.EINVAL, f"process {p['pid']}: ns_before_userns, but its stand-in does not "
-                                             "start in its user namespace")
+        for key in ("ns_before_userns", "pidns_children_early"):
+            if p.get(key) and in_userns is None:
+                raise RestoreError(errno.EINVAL, f"process {p['pid']}: {key}, but its stand-in does not start in its "
+                                                 "user namespace")
         early = self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc) \
             if in_userns is not None else []
         enter = self._root_cwd(p) if p.get("enter_first") else ()
@@ -1036,8 +1040,8 @@ class _Restorer:
                 return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
                                                in_userns, root=root, groups=groups,
                                                again=self.users.again(p, maker), early=early,
-                                               pid_first=pid_first, enter=enter,
-                                               pid_userns=pid_in), ours
+                                               pid_first=pid_first, enter=enter, pid_userns=pid_in,
+                                               children_pid=bool(p.get("pidns_children_early"))), ours
             before = self._children_of(self.hostpid[parent["pid"]])
             if maker is not parent:
                 self._adopt(p, parent, maker, mode, fds)
@@ -1048,7 +1052,8 @@ class _Restorer:
                 self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
                                                 self.users.again(p, maker), len(early), pid_first,
                                                 {"enter": bool(enter), "pid_userns": pid_in is not None,
-                                                 "entered": entered}),
+                                                 "entered": entered,
+                                                 "children_pid": bool(p.get("pidns_children_early"))}),
                                                [fds[0], in_userns, *fds[1:], *early, *enter,
                                                 *([] if pid_in is None else [pid_in])])
             new = self._children_of(self.hostpid[parent["pid"]]) - before

@@ -116,7 +116,7 @@ def _subreaper(on: bool) -> None:
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
                     groups: list[int] | None = None, alone: str | None = None, again: bool = False,
                     early: list[int] = (), pid_first: bool = False, enter: tuple = (),
-                    pid_userns: int | None = None, entered: bool = False) -> int:
+                    pid_userns: int | None = None, entered: bool = False, children_pid: bool = False) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -134,10 +134,13 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     namespace (`unshare -rpf` without -m: engine/userns_cr.py "enter_first"), instead of a scratch one;
     `pid_userns`: the user namespace, above `userns_fd`, that makes its pid namespace (joined first);
     `entered`: we are in `enter`'s mount namespace already (entered first too), which the user
-    namespace we are in need not own: only the root and cwd are taken.
+    namespace we are in need not own: only the root and cwd are taken; `children_pid`: the stand-in
+    makes its children's pid namespace before it enters `userns_fd`, so that the user namespace its
+    own pid namespace is made in owns it too (engine/userns_cr.py "pidns_children_early").
     Returns its pid as the caller sees it."""
     return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again, early=early,
-                          pid_first=pid_first, enter=enter, pid_userns=pid_userns, entered=entered)
+                          pid_first=pid_first, enter=enter, pid_userns=pid_userns, entered=entered,
+                          children_pid=children_pid)
 
 
 def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
@@ -167,7 +170,7 @@ def _pidns(mode: str, pidns_fd: int | None) -> None:
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
                    groups: list[int] | None, alone: str | None, again: bool = False,
                    adopter: int | None = None, early=(), pid_first: bool = False, enter: tuple = (),
-                   pid_userns: int | None = None, entered: bool = False) -> int:
+                   pid_userns: int | None = None, entered: bool = False, children_pid: bool = False) -> int:
     me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -190,17 +193,22 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                 if pid_userns is not None:   # (its pid namespace's owner, above its own: made there)
                     kernel.setns(pid_userns, kernel.CLONE_NEWUSER)
                     _pidns(mode, pidns_fd)
-                if userns_fd is not None:
-                    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-                    if not enter:
-                        kernel.unshare(kernel.CLONE_NEWNS)
+                if userns_fd is not None and not children_pid:
+                    _into_userns(userns_fd, not enter)
                 _lead(alone)   # (the session or group of a leader gone: ours, once we exit)
                 if not pid_first and pid_userns is None:
                     _pidns(mode, pidns_fd)
+                made_r, made_w = os.pipe() if children_pid else (None, None)
                 pid = os.fork()
                 if pid == 0:
                     try:
                         os.close(pid_w)
+                        if children_pid:   # (our children's pid namespace, then our user namespace)
+                            os.close(made_r)
+                            kernel.unshare(kernel.CLONE_NEWPID)
+                            _into_userns(userns_fd, not enter)
+                            os.write(made_w, b"1")
+                            os.close(made_w)
                         os.read(go_r, 1)   # adopted by the caller: now its death may kill us
                         os.close(go_r)
                         kernel.die_with_parent(me, signal.SIGKILL)
@@ -211,6 +219,10 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                             reexec.into_userns(sock_fd)   # (returns only where it cannot)
                         _serve(channel.Channel.of_fd(sock_fd))
                     finally:
+                        os._exit(1)
+                if children_pid:
+                    os.close(made_w)
+                    if os.read(made_r, 1) != b"1":   # (it failed, and exited)
                         os._exit(1)
                 os.write(pid_w, str(pid).encode())
                 code = 0
@@ -234,6 +246,14 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _into_userns(userns_fd: int, scratch: bool) -> None:
+    """Join user namespace `userns_fd`; then a scratch mount namespace of our own there when
+    `scratch` (superblocks we make need one), unless we entered our restored one first."""
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    if scratch:
+        kernel.unshare(kernel.CLONE_NEWNS)
 
 
 def _enter(ns_fd: int, root_fd: int, cwd_fd: int, join: bool = True) -> int:
@@ -481,7 +501,7 @@ class _Server:
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
                                alone=msg[3] if len(msg) > 3 else None, again=len(msg) > 4 and msg[4], early=early,
                                pid_first=len(msg) > 6 and msg[6], enter=enter, pid_userns=pid_userns,
-                               entered=bool(more.get("entered")))
+                               entered=bool(more.get("entered")), children_pid=bool(more.get("children_pid")))
 
     def op_spawn_alone(self, msg, fds):
         """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""

@@ -35,12 +35,16 @@ is the first in: its pid 1 sibling's, one joined with setns, `bwrap --pidns FD`)
 A pid namespace owned by an ancestor of its user
 namespace is made there first (``userns_start``); its other namespaces other user
 namespaces own are made by helpers and joined before it enters (``ns_made_in``), as
-are a late process's own ipc and net namespaces, made before restore fills them.
+are a late process's own ipc and net namespaces, made before restore fills them. Its children's
+pid namespace, made there too before it entered its own (`unshare -p` then `unshare -U`), its
+stand-in makes there as well (``pidns_children_early``), and forks every child into it.
 
 What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
-own user namespace nor an ancestor's, or of the dumper's while its parent's stand-in is inside one); a late process (``enter_first`` and its
+own user namespace nor an ancestor's, or of the dumper's while its parent's stand-in is inside one); a
+process in a user namespace above the one its parent's stand-in is in (forked before its parent entered
+that one: check_forked_inside); a late process (``enter_first`` and its
 descendants) with a superblock of a namespace it is the first in (asked before the stop too: engine/
 prestop.py); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
@@ -162,6 +166,7 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             p.record_made_in(pid, ppid, own, mnt_owner, made_in, first)
         if first:
             p.record_first(pid, ppid, own, mnt_owner)
+        p.check_forked_inside(pid, ppid, own)
         p.record_stand(pid, ppid)
         p.check_late(pid, ppid, mnt_owner, ns_ino)
     p.check_late_shared(tree, ns_ino, names)
@@ -316,9 +321,10 @@ class _Plan:
                                                 f"its own user namespace ({users.describe(own)}): not supported "
                                                 "yet")
         at = self.stand.get(ppid)
-        if at is not None and made_in.get("pid") == at:
-            # Its pid namespace's owner is the user namespace its parent's stand-in is inside: the
-            # stand-in's fork makes it there, as the parent did.
+        if at is not None and (made_in.get("pid") == at or self._children_early(pid, ppid, made_in)):
+            # Its pid namespace's owner is the user namespace its parent's stand-in is inside, or
+            # passed through before it entered its own: the stand-in's fork makes it there, as the
+            # parent did.
             made_in = {k: o for k, o in made_in.items() if k != "pid"}
         below = "pid" not in made_in or _is_ancestor(users, at, made_in["pid"])
         if at is not None and not self._reachable_from(at, [own, *made_in.values()], below):
@@ -352,6 +358,23 @@ class _Plan:
                 procs[pid]["enter_first"] = True
         elif made_in:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
+
+    def _children_early(self, pid: int, ppid, made_in: dict) -> bool:
+        """Whether `pid`'s pid namespace is its parent's children's (`unshare -p`, then `unshare -U`
+        and a fork), owned by the user namespace above its own the parent's stand-in starts in
+        (``userns_start`` with ``userns_first``): that stand-in makes it there before it enters its
+        own (``pidns_children_early``), and forks every child into it: a child in the parent's own
+        pid namespace was forked before the parent entered its user namespace, and stays in the one
+        above, which check_forked_inside refuses."""
+        from engine import kernel
+        parent = self.procs.get(ppid, {})
+        o = made_in.get("pid")
+        if o is None or not parent.get("userns_first") or parent.get("userns_start") != self.name(o):
+            return False
+        if kernel.ns_ino(pid, "pid") != kernel.ns_ino(ppid, "pid_for_children"):
+            return False
+        parent["pidns_children_early"] = True
+        return True
 
     def _pid_above(self, pid: int, ppid, own: int, made_in: dict) -> bool:
         """For a process whose stand-in starts in its user namespace: whether its pid namespace is
@@ -397,6 +420,22 @@ class _Plan:
                                                 f"({users.describe(parent_stand)}), which made namespaces too: "
                                                 "not supported yet")
         self.procs[pid]["userns_first"] = True
+
+    def check_forked_inside(self, pid: int, ppid, own: int) -> None:
+        """Refuse a process whose stand-in is a plain fork of its parent's, inside a user namespace
+        (the parent's started in one), where its own user namespace is neither that one nor below
+        it, so that the stand-in could not join it: a child forked before its parent made and
+        entered its user namespace (`unshare -U` after a fork; its other namespaces, made or joined
+        from inside its own, are owned there or below). Restore failed 'setns: Operation not
+        permitted'."""
+        at, rec = self.stand.get(ppid), self.procs.get(pid, {})
+        if at is None or rec.get("userns_first") or rec.get("userns_start"):
+            return
+        if own != at and not _is_ancestor(self.users, at, own):
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its user namespace ({self.users.describe(own)}) "
+                                                "is neither that of its parent's stand-in "
+                                                f"({self.users.describe(at)}) nor below it, which forks its stand-in: "
+                                                "not supported yet")
 
     def record_stand(self, pid: int, ppid) -> None:
         """Where the process's stand-in is until it takes its ids (restore's Rebuild._started_in):

@@ -22,8 +22,10 @@ _FROM, _, _TO = os.environ.get("MNTCR_NSTREE_SEEDS", "0:16").partition(":")
 # mount namespace its parent's stand-in's user namespace owns, above its own; 353, such a process
 # whose parent's stand-in entered the same mount namespace first (its restore failed: "cannot start a
 # stand-in inside its user namespace"); 506, a pid namespace owned below the user namespace the
-# parent's stand-in is in (made there: userns_start)
-RESTORES = {171, 191, 353, 506}
+# parent's stand-in is in (made there: userns_start); 439, a pid namespace its parent made for its
+# children inside the user namespace above its own before it entered that one (`unshare -p`, then
+# -U): the parent's stand-in makes it there too (pidns_children_early; refused before)
+RESTORES = {171, 191, 353, 439, 506}
 # Seeds a dump must refuse before the stop, naming what (dump once succeeded and restore came out
 # otherwise): 346, a pid namespace the parent made before its user namespace, which came back owned
 # by that user namespace
@@ -36,10 +38,11 @@ SEEDS = sorted(set(range(int(_FROM), int(_TO))) | {39} | RESTORES)   # (39: a du
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_tree_of_namespaces_restores_or_is_refused(case, seed):
     tree = randomns.make(seed)
-    setup = "(" + py_hold(randomns.body(tree)).strip() + ") </dev/null >/dev/null 2>&1 &\nhold\n"
+    setup = enginecase.STOP_WATCH + "(" + py_hold(randomns.body(tree)).strip() \
+        + ") </dev/null >/dev/null 2>&1 &\nhold\n"
     pid = case.start(setup)
     before = enginecase.take(pid)
-    want = randomns.count(tree) + 1   # (and the setup's shell, holding)
+    want = randomns.count(tree) + 2   # (and the setup's shell, holding, and the stop watcher)
     if len(before.snap.procs) != want:
         raise enginecase.SetupError(f"the setup holds {len(before.snap.procs)} processes, not {want}:\n"
                                     + randomns.describe(tree))
@@ -50,6 +53,9 @@ def test_a_tree_of_namespaces_restores_or_is_refused(case, seed):
         lines = e.proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mntcr dump: "), f"{e}\n{randomns.describe(tree)}"
         assert seed not in RESTORES, f"seed {seed} must restore, its dump refused: {e}\n{randomns.describe(tree)}"
+        assert not enginecase.was_stopped(pid), f"dump stopped the tree before it refused: {lines[0]}\n" \
+            + randomns.describe(tree)
+        print(f"seed {seed}: refused before the stop: {lines[0]}")   # (-rP lists the refusals of a sweep)
         return
     try:
         restored = case.restore(images)

@@ -4,7 +4,8 @@ container runtimes, sandboxes and CRIU's uns tests leave them: a dump of such a 
 refuse it in one line or restore the same namespaces, owners and maps (tests/test_random_nstrees.py).
 
 A tree is nested tuples (ops, kids): `ops` run in order in the process, then it forks each kid,
-then every process holds. An op is ("user", uid_map) or ("ns", flags, name).
+then every process holds. An op is ("user", uid_map) or ("ns", flags, name); tests add ("fork",):
+fork a child there that holds (`make` never does).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _node(rnd: random.Random, depth: int, size: int | None, least: int) -> tuple
 def describe(tree: tuple, indent: str = "") -> str:
     """The tree as indented lines, for a failure's message."""
     ops, kids = tree
-    words = [f"user[{op[1]}]" if op[0] == "user" else op[2] for op in ops] or ["-"]
+    words = [f"user[{op[1]}]" if op[0] == "user" else op[2] if op[0] == "ns" else op[0] for op in ops] or ["-"]
     return "\n".join([indent + " ".join(words)] + [describe(k, indent + "  ") for k in kids])
 
 
@@ -109,6 +110,9 @@ def run(node):
     for op in ops:
         if op[0] == "user":
             make()
+        elif op[0] == "fork":
+            if os.fork() == 0:
+                raise Hold
         else:
             unshare(op[1], op[2])
     for kid in kids:
@@ -130,4 +134,4 @@ def body(tree: tuple) -> str:
 
 def count(tree: tuple) -> int:
     """Processes the tree holds (user namespace helpers exit and are reaped)."""
-    return 1 + sum(count(k) for k in tree[1])
+    return 1 + sum(op[0] == "fork" for op in tree[0]) + sum(count(k) for k in tree[1])
