@@ -11,7 +11,10 @@ one of the process's that a thread does not block is on its way to that thread, 
 takes each thread's own mask for a moment to make it (engine/threads.py steps), in which one of
 its own would be delivered: the stand-in would run its default action. The stand-in raises them again (`take`) as it detaches, right after it
 blocked them: by tgkill to itself for its own, by kill for the process's; an exec (become_exe)
-keeps both queues. What restore gives is the set: a standard signal is pending once at most, but
+keeps both queues. SIGCHLD is kept only for a process with a zombie child (an exit it has still to
+take): the dump's own stop sent one to the parent of every process it stopped (CLD_STOPPED), and a
+parent blocking SIGCHLD holds that pending; one left over from a child it reaped since means nothing.
+What restore gives is the set: a standard signal is pending once at most, but
 a real-time one sent N times is raised once, and the sender a siginfo named (si_pid, si_uid,
 si_value) is the stand-in itself. SIGKILL and SIGSTOP are never blocked; the C library's own 32
 and 33 are left out.
@@ -28,16 +31,20 @@ from engine import kernel
 # SIGKILL, SIGSTOP (never blocked), glibc's SIGCANCEL and SIGSETXID (its own business)
 _NEVER = 1 << 8 | 1 << 18 | 1 << 31 | 1 << 32
 _ALL = (1 << 64) - 1
+_SIGCHLD = 1 << 16
 
 
-def read(pid: int, blocked: int, thread_masks=()) -> dict:
+def read(pid: int, blocked: int, thread_masks=(), zombie_child: bool = False) -> dict:
     """{"sig_pending": mask, "sig_pending_shared": mask} of stopped process `pid` (each key only
     when not empty): the pending signals of its main thread and of the process that it (`blocked`,
-    its main thread's mask) and every other thread (`thread_masks`) block."""
+    its main thread's mask) and every other thread (`thread_masks`) block; SIGCHLD only with
+    `zombie_child`."""
     got = kernel.proc_status(pid, {"SigPnd", "ShdPnd"})
     every = blocked
     for mask in thread_masks:
         every &= mask
+    if not zombie_child:
+        every &= ~_SIGCHLD
     own = int(got.get("SigPnd", "0"), 16) & every & ~_NEVER & _ALL
     shared = int(got.get("ShdPnd", "0"), 16) & every & ~_NEVER & _ALL
     out = {}

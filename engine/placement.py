@@ -153,7 +153,8 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             listed = threads.listed(pid, entry.get("sig_blocked", 0), entry.get("timer_sig_caught", 0))
             entry["threads"] = [e for _, e in listed]
             blocked = entry.get("sig_blocked", 0)
-            entry.update(pendingsigs.read(pid, blocked, [e.get("sig_blocked", blocked) for _, e in listed]))
+            entry.update(pendingsigs.read(pid, blocked, [e.get("sig_blocked", blocked) for _, e in listed],
+                                          any(pp == pid for _, pp in dead)))
             posixtimers.number_threads(pid, entry.get("posix_timers") or [], [t for t, _ in listed])
         except (threads.ThreadError, posixtimers.TimerError) as e:
             raise DumpError(e.errno, e.strerror) from None
