@@ -60,10 +60,12 @@ def signals(mask: int) -> list[int]:
     return [n + 1 for n in range(64) if mask >> n & 1]
 
 
-def take(own: int, shared: int) -> None:
+def take(own: int, shared: int, blocked: int) -> None:
     """Raise the signals of `own` to the calling thread (a stand-in's main thread) and those of
-    `shared` to our process: blocked by now (its last steps: engine/standin.py), they stay pending."""
-    for sig in signals(shared & ~_NEVER):
+    `shared` to our process, each only when `blocked` (the mask it took already: its last steps,
+    engine/standin.py) has it: it stays pending. (An image is not trusted: one it does not block
+    would run its default action in the stand-in.)"""
+    for sig in signals(shared & blocked & ~_NEVER):
         os.kill(os.getpid(), sig)
-    for sig in signals(own & ~_NEVER):
+    for sig in signals(own & blocked & ~_NEVER):
         _signal.pthread_kill(_thread.get_ident(), sig)

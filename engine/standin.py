@@ -339,7 +339,7 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     blocked = signals[0]
     kernel.take_ignored_signals(ignored)
     kernel.take_blocked_signals(blocked)
-    pendingsigs.take(signals[1], signals[2])
+    pendingsigs.take(signals[1], signals[2], blocked)
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
