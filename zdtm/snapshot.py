@@ -588,12 +588,15 @@ def _syscall(pid: int) -> str:
         return "?"
 
 
+_SIGCHLD = 1 << 16
+
+
 def _signal_bits(pid: int) -> str:
     """" sigblk=MASK" (its main thread's blocked signals, read in a ptrace stop when it waits in
     sigtimedwait, which blocks less meanwhile: tini, dumb-init), " sigpnd=MASK" when some of them
-    are pending on it or on the process (engine/pendingsigs.py) and, for a process with children,
+    are pending on it or on the process (engine/pendingsigs.py; SIGCHLD only with a zombie child) and, for a process with children,
     " subreaper=1" when set (asked in the process: engine/subreaper.py; "?" when it cannot be)."""
-    from engine import inject, kernel, subreaper
+    from engine import freeze, inject, kernel, subreaper
     before = _syscall(pid)
     keys = {"SigBlk", "SigPnd", "ShdPnd"}
     status = kernel.proc_status(pid, keys)
@@ -609,6 +612,10 @@ def _signal_bits(pid: int) -> str:
         pending = (int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)) & int(status["SigBlk"], 16)
     except (KeyError, ValueError):
         pending = 0
+    if pending & _SIGCHLD and not any(freeze.state(c) == "Z" for c in _children(pid)):
+        # (one with no exit to take means nothing: a child's stop sends one too, the dump's and a
+        # restore's steps on a child as much as a job's Ctrl-Z; dump keeps it the same way)
+        pending &= ~_SIGCHLD
     out += f" sigpnd={pending:016x}" if pending else ""
     # (only a set flag is shown: a parent whose children are not made again, as a FUSE daemon a
     # restore starts afresh, reads as "not asked" after, which is the flag's default)
