@@ -8,16 +8,17 @@ service blocking it had still to take, a SIGHUP or SIGTERM sent while it was bus
 
 Dump keeps (`read`) the main thread's pending signals and the process's that every thread blocks:
 one of the process's that a thread does not block is on its way to that thread, and the stand-in
-takes each thread's own mask for a moment to make it (engine/threads.py steps), in which one of
-its own would be delivered: the stand-in would run its default action. The stand-in raises them again (`take`) as it detaches, right after it
-blocked them: by tgkill to itself for its own, by kill for the process's; an exec (become_exe)
-keeps both queues. SIGCHLD is kept only for a process with a zombie child (an exit it has still to
-take): the dump's own stop sent one to the parent of every process it stopped (CLD_STOPPED), and a
-parent blocking SIGCHLD holds that pending; one left over from a child it reaped since means nothing.
-What restore gives is the set: a standard signal is pending once at most, but
-a real-time one sent N times is raised once, and the sender a siginfo named (si_pid, si_uid,
-si_value) is the stand-in itself. SIGKILL and SIGSTOP are never blocked; the C library's own 32
-and 33 are left out.
+takes each thread's own mask for a moment to make it (engine/threads.py steps), in which one of its
+own would be delivered: the stand-in would run its default action. The stand-in raises them again
+(`take`) as it detaches, right after it blocked them: by tgkill to itself for its own, by kill for
+the process's; no later step (become_exe's, the threads') unblocks them. SIGCHLD is kept only for a
+process with a zombie child (an exit it has still to take): the dump's own stop sent one to the
+parent of every process it stopped (CLD_STOPPED), and a parent blocking SIGCHLD holds that pending;
+one left over from a child it reaped since means nothing. What restore gives is the set: a standard
+signal is pending once at most, but a real-time one sent N times is raised once, and the sender a
+siginfo named (si_pid, si_uid, si_value) is the stand-in itself; a thread's own pending signals (but
+the main thread's) are not kept. SIGKILL and SIGSTOP are never blocked; the C library's own 32 and
+33 are left out.
 """
 
 from __future__ import annotations

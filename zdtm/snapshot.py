@@ -609,7 +609,8 @@ def _signal_bits(pid: int) -> str:
             pass   # (traced by another: as read)
     out = f" sigblk={status.get('SigBlk', '?').strip()}"
     try:
-        pending = (int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)) & int(status["SigBlk"], 16)
+        pending = int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
+        pending &= int(status["SigBlk"], 16)
     except (KeyError, ValueError):
         pending = 0
     if pending & _SIGCHLD and not any(freeze.state(c) == "Z" for c in _children(pid)):
