@@ -793,6 +793,10 @@ PROCESS = Record("process", {
     # Signals its main thread blocks (tini, dumb-init, catatonit), and whether it is a child
     # subreaper (`tini -s`; engine/subreaper.py): both taken by its stand-in as it detaches.
     "sig_blocked": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
+    # Signals pending on its main thread and on the process, blocked by every thread: raised again by
+    # its stand-in as it detaches (engine/pendingsigs.py)
+    "sig_pending": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
+    "sig_pending_shared": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
     "child_subreaper": F(BOOL, required=False),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
     "sched": F(DICT, required=False, rule=record(SCHED)),

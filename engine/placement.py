@@ -11,7 +11,7 @@ import stat
 import _signal   # (not signal.py: engine/freeze.py)
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, inject, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
-                    pdeathsig, posixtimers, procargs, seccomp,
+                    pdeathsig, pendingsigs, posixtimers, procargs, seccomp,
                     sessions, subreaper, thp, threads, timens, timersigs, zombies)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
@@ -152,6 +152,9 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             # (checked again: one made after the pre-stop check)
             listed = threads.listed(pid, entry.get("sig_blocked", 0), entry.get("timer_sig_caught", 0))
             entry["threads"] = [e for _, e in listed]
+            blocked = entry.get("sig_blocked", 0)
+            entry.update(pendingsigs.read(pid, blocked, [e.get("sig_blocked", blocked) for _, e in listed],
+                                          any(pp == pid for _, pp in dead)))
             posixtimers.number_threads(pid, entry.get("posix_timers") or [], [t for t, _ in listed])
         except (threads.ThreadError, posixtimers.TimerError) as e:
             raise DumpError(e.errno, e.strerror) from None

@@ -2917,8 +2917,8 @@ class _Restorer:
             chan.call(("detach", p.get("comm"), p.get("caps"),
                        [(t["comm"], t.get("sig_blocked")) for t in p.get("threads") or ()],
                        {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored", "sig_blocked",
-                                              "child_subreaper", "thp_disable", "posix_timers", "itimers",
-                                              "timer_sig_caught") if k in p} | self._pdeathsig(p)
+                                              "sig_pending", "sig_pending_shared", "child_subreaper", "thp_disable",
+                                              "posix_timers", "itimers", "timer_sig_caught") if k in p} | self._pdeathsig(p)
                        | ({"args": shown} if shown else {})),
                       [lifeline] if p is procs[0] else [])
             if p is not procs[0]:

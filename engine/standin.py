@@ -47,7 +47,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
 from engine import loginuid, seccomp, timens, userns_cr
-from engine import itimers, posixtimers, procargs, thp, timersigs, zombies
+from engine import itimers, pendingsigs, posixtimers, procargs, thp, timersigs, zombies
 # (engine/reexec.py: restore loads it for an image with user namespaces, restore._load_for)
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
@@ -340,10 +340,12 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
             caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
-            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, late_limits: dict | None = None,
+            pdeathsig: int = 0, signals: tuple = (0, 0, 0), timers: dict | None = None, late_limits: dict | None = None,
             args: tuple | None = None) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
-    (`ignored`, a mask) and block those it blocked (`blocked`: its threads, made after, copy it),
+    (`ignored`, a mask) and block those it blocked (`signals`: (blocked, pending on its main thread,
+    pending on the process) masks; its threads, made after, copy the first), raise those pending again
+    (engine/pendingsigs.py),
     make its `timers` (its image's "posix_timers", "itimers", "timer_sig_caught": the handlers
     first, so that no tick kills us), show its command line and environment (`args`: (cmdline,
     environ) bytes, engine/procargs.py), become the executable, take the ids and the capabilities and
@@ -354,8 +356,10 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
+    blocked = signals[0]
     kernel.take_ignored_signals(ignored)
     kernel.take_blocked_signals(blocked)
+    pendingsigs.take(signals[1], signals[2], blocked)
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
@@ -728,7 +732,8 @@ class _Server:
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
-                self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0),
+                self.filters, bits.get("pdeathsig", 0),
+                (bits.get("sig_blocked", 0), bits.get("sig_pending", 0), bits.get("sig_pending_shared", 0)),
                 {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits}, late_limits,
                 tuple(b"".join(a) for a in self.args) if bits.get("args") == procargs.SENT else bits.get("args"))
         return None

@@ -590,21 +590,36 @@ def _syscall(pid: int) -> str:
         return "?"
 
 
+_SIGCHLD = 1 << 16
+
+
 def _signal_bits(pid: int) -> str:
     """" sigblk=MASK" (its main thread's blocked signals, read in a ptrace stop when it waits in
-    sigtimedwait, which blocks less meanwhile: tini, dumb-init) and, for a process with children,
+    sigtimedwait, which blocks less meanwhile: tini, dumb-init), " sigpnd=MASK" when some of them
+    are pending on it or on the process (engine/pendingsigs.py; SIGCHLD only with a zombie child) and, for a process with children,
     " subreaper=1" when set (asked in the process: engine/subreaper.py; "?" when it cannot be)."""
-    from engine import inject, kernel, subreaper
+    from engine import freeze, inject, kernel, subreaper
     before = _syscall(pid)
-    status = kernel.proc_status(pid, {"SigBlk"})
+    keys = {"SigBlk", "SigPnd", "ShdPnd"}
+    status = kernel.proc_status(pid, keys)
     # (in rt_sigtimedwait (x86-64: 128) or between two calls ("running": one may come) before or
     # after that read: read again in a stop)
     if inject.SUPPORTED and (before in ("128", "running") or _syscall(pid) in ("128", "running")):
         try:
-            status = inject.status_at_rest(pid, {"SigBlk"})
+            status = inject.status_at_rest(pid, keys)
         except OSError:
             pass   # (traced by another: as read)
     out = f" sigblk={status.get('SigBlk', '?').strip()}"
+    try:
+        pending = int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
+        pending &= int(status["SigBlk"], 16)
+    except (KeyError, ValueError):
+        pending = 0
+    if pending & _SIGCHLD and not any(freeze.state(c) == "Z" for c in _children(pid)):
+        # (one with no exit to take means nothing: a child's stop sends one too, the dump's and a
+        # restore's steps on a child as much as a job's Ctrl-Z; dump keeps it the same way)
+        pending &= ~_SIGCHLD
+    out += f" sigpnd={pending:016x}" if pending else ""
     # (only a set flag is shown: a parent whose children are not made again, as a FUSE daemon a
     # restore starts afresh, reads as "not asked" after, which is the flag's default)
     if _children(pid):
