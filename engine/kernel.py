@@ -612,6 +612,20 @@ def fd_links(pids):
                 continue
 
 
+def fd_stats(pid: int):
+    """(fd number, stat of what it is open on) of every fd of process `pid`, read now; none once the
+    process is gone, and an fd closed meanwhile is passed over."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return
+    for n in names:
+        try:
+            yield int(n), os.stat(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            continue
+
+
 def read_comm(pid: int) -> str:
     """/proc/PID/comm without its newline (bytes a UTF-8 decode cannot take kept as surrogates)."""
     with open(f"/proc/{pid}/comm", "rb") as f:

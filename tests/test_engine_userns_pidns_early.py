@@ -57,13 +57,9 @@ def test_children_pid_namespace_made_above_the_own_user_namespace_restores(case)
     assert len(pairs) == 2, pairs
 
 
-def test_a_child_left_in_the_parent_s_own_pid_namespace_is_refused_before_the_stop(case):
-    """The parent forked a child before it made its children's pid namespace (and its user
-    namespace): the parent's stand-in, inside its own user namespace, could neither fork the child
-    into the parent's own pid namespace nor have it join the user namespace above
-    (engine/userns_cr.py check_forked_inside)."""
-    ops, kids = TREE[1][0]
-    tree = (TREE[0], (((("fork",), *ops), kids),))
+def _refused_before_the_stop(case, tree) -> str:
+    """Dump of `tree` refuses in one line naming the stand-in that cannot fork the process, the tree
+    never stopped; the line."""
     pid = case.start(_setup(tree))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
@@ -72,7 +68,17 @@ def test_a_child_left_in_the_parent_s_own_pid_namespace_is_refused_before_the_st
                                             r"its parent's stand-in \(.*\) nor below it, which forks its stand-in: "
                                             r"not supported yet", lines[0]), lines
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
-    print(lines[0])
+    return lines[0]
+
+
+def test_a_child_left_in_the_parent_s_own_pid_namespace_is_refused_before_the_stop(case):
+    """The parent forked a child before it made its children's pid namespace (and its user
+    namespace): the parent's stand-in, inside its own user namespace, could neither fork the child
+    into the parent's own pid namespace nor have it join the user namespace above
+    (engine/userns_cr.py check_forked_inside)."""
+    ops, kids = TREE[1][0]
+    tree = (TREE[0], (((("fork",), *ops), kids),))
+    print(_refused_before_the_stop(case, tree))
 
 
 def test_the_validator_wants_where_the_early_pid_namespace_is_made(case):
@@ -96,11 +102,4 @@ def test_a_child_forked_before_its_parent_entered_its_user_namespace_is_refused_
     and could not have it join the one above; restore failed 'setns: Operation not permitted'."""
     tree = (TREE[0], (((("fork",), ("user", "0 0 1"), ("ns", randomns.FLAGS["mnt"] | NET, "mnt+net")),
                        (((), ()),)),))
-    pid = case.start(_setup(tree))
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    lines = err.value.proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and re.fullmatch(r"mntcr dump: process \d+: its user namespace \(.*\) is neither that of "
-                                            r"its parent's stand-in \(.*\) nor below it, which forks its stand-in: "
-                                            r"not supported yet", lines[0]), lines
-    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+    _refused_before_the_stop(case, tree)

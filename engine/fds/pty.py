@@ -38,7 +38,7 @@ import termios
 
 from engine.imageformat import BOOL, DICT, INT, LIST, MAX_UID, STR, F, Record, b64, list_of, record, rng
 from engine.ctty import device
-from engine.kernel import undeleted
+from engine.kernel import fd_stats, undeleted
 from engine.fds import FdError, FdKind, RestoreFd, pty_data, register
 
 TIOCGPTN = 0x80045430
@@ -125,19 +125,7 @@ def leads_on(pid: int, rdev: int) -> bool:
 
 def char_rdevs(pid: int) -> set[int]:
     """The devices of the character-device fds process `pid` holds (none once it is gone)."""
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return set()
-    out = set()
-    for n in names:
-        try:
-            st = os.stat(f"/proc/{pid}/fd/{n}")
-        except OSError:
-            continue
-        if stat.S_ISCHR(st.st_mode):
-            out.add(st.st_rdev)
-    return out
+    return {st.st_rdev for _, st in fd_stats(pid) if stat.S_ISCHR(st.st_mode)}
 
 
 def holds_ctty_slave(pid: int, rdevs: set[int] | None = None) -> bool:
@@ -261,17 +249,8 @@ def _slave_open(d, master: int) -> bool:
     for pid in d.scratch.get("pids", ()):
         if st.st_rdev not in char_rdevs(pid):
             continue
-        try:
-            names = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for n in names:
-            try:
-                fst = os.stat(f"/proc/{pid}/fd/{n}")
-            except OSError:
-                continue
-            if (fst.st_dev, fst.st_rdev) == (st.st_dev, st.st_rdev):
-                return True
+        if any((fst.st_dev, fst.st_rdev) == (st.st_dev, st.st_rdev) for _, fst in fd_stats(pid)):
+            return True
     return False
 
 

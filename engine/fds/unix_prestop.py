@@ -34,6 +34,8 @@ import socket
 import stat
 import sys
 
+from engine import kernel
+
 SO_PEEK_OFF = 42
 SCRATCH = "unix-prestop"
 
@@ -164,14 +166,7 @@ def _sockets(pids) -> set[str]:
     for pid in pids:
         try:
             netns = os.stat(f"/proc/{pid}/ns/net").st_ino
-            names = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        for n in names:
-            try:
-                st = os.stat(f"/proc/{pid}/fd/{n}")
-            except OSError:
-                continue
-            if stat.S_ISSOCK(st.st_mode):
-                out.add(f"{netns}:{st.st_ino}")
+        out.update(f"{netns}:{st.st_ino}" for _, st in kernel.fd_stats(pid) if stat.S_ISSOCK(st.st_mode))
     return out

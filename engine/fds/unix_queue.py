@@ -156,14 +156,9 @@ def held(d, fd: int) -> bool:
     from engine.fds import sys as fsys
     st = os.fstat(fd)
     for pid in d.scratch.get("pids") or (d.pid,):
-        try:
-            names = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for n in names:
+        for n, t in kernel.fd_stats(pid):
             try:
-                t = os.stat(f"/proc/{pid}/fd/{n}")
-                if (t.st_dev, t.st_ino) == (st.st_dev, st.st_ino) and fsys.same_file(pid, int(n), os.getpid(), fd):
+                if (t.st_dev, t.st_ino) == (st.st_dev, st.st_ino) and fsys.same_file(pid, n, os.getpid(), fd):
                     return True
             except OSError:
                 continue
