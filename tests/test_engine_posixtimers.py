@@ -474,7 +474,7 @@ def test_last_steps_make_the_timers_of_threads(how):
         if not restore_ids:
             posixtimers._restore_ids = lambda on: False   # (the kernel before 6.13; in this child only)
         if how.startswith("python"):
-            standin._detach(set(), w, None, None, None, _LATE_THREADS, blocked=1 << 9 | 1 << 11 | 1 << 40,
+            standin._detach(set(), w, None, None, None, _LATE_THREADS, signals=(1 << 9 | 1 << 11 | 1 << 40, 0, 0),
                             timers={"posix_timers": _LATE})
         made, late = posixtimers.split(_LATE, restore_ids)
         posixtimers.make(made, [os.getpid()])
