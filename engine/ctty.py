@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import os
 import stat
+from engine import procstat
 
 # late   the pids whose stand-ins are forked once their leaders took their terminals, parents first
 # takes  the leaders that take their terminal before any late stand-in is forked from them
@@ -38,8 +39,7 @@ Plan = collections.namedtuple("Plan", "late takes problem")
 
 def tty_nr(pid: int) -> int:
     """The device of `pid`'s controlling terminal (/proc/PID/stat tty_nr; 0: none)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[4])
+    return int(procstat.fields(pid)[procstat.TTY_NR])
 
 
 def device(nr: int) -> tuple[int, int]:
@@ -181,11 +181,10 @@ def refusal(tree, shell_job: bool = False) -> str | None:
     pids = {pid for pid, _ in tree}
     for pid, ppid in tree:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
+            fields = procstat.fields(pid)
         except OSError:
             continue   # (gone: told by the checks after the stop)
-        sid, nrs[pid] = int(fields[3]), int(fields[4])
+        sid, nrs[pid] = int(fields[procstat.SESSION]), int(fields[procstat.TTY_NR])
         if shell_job and sid not in pids:
             nrs[pid] = 0
         procs.append({"pid": pid, "ppid": ppid, "sid": sid, "pgid": int(fields[2])})

@@ -30,8 +30,8 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, shmattach, sysvipc,
-                    userns_cr, zombies)
+from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, procstat, shmattach,
+                    sysvipc, userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -1186,13 +1186,10 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
 def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
     """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`); None for a
     zombie (its namespace links are gone, so no pid-bound superblock can be matched through it)."""
-    with open(f"{piddir}/stat", "rb") as f:
-        data = f.read()
-    # fields after comm (which may hold spaces): state is field 3, starttime field 22
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
+    fields = procstat.fields(piddir, base=None)
+    if fields[procstat.STATE] in (b"Z", b"X"):
         return None
     with open(f"{piddir}/status", "rb") as f:
         nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
-    return int(nspid), fields[19]
+    return int(nspid), fields[procstat.STARTTIME]
 

@@ -9,7 +9,7 @@ import os
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import time
 
-from engine import kernel, threads
+from engine import kernel, procstat, threads
 from engine.dumperror import DumpError
 
 
@@ -27,7 +27,7 @@ def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
         fields = _stat_fields(proc, root_pid)
         if fields is None:
             raise DumpError(errno.ESRCH, f"no such process: {root_pid}")
-        if int(fields[6]) & _PF_KTHREAD:
+        if int(fields[procstat.FLAGS]) & _PF_KTHREAD:
             raise DumpError(errno.EPERM, f"process {root_pid} ({kernel.comm_shown(root_pid)}) is a kernel thread: "
                                          "give the pid of a process tree's root")
         children = (lambda pid: _children_listed(proc, pid)) if has_children_lists() else _children_scanned(proc).get
@@ -92,12 +92,11 @@ def _read_at(proc: int | None, path: str) -> bytes | None:
 
 
 def _stat_fields(proc: int, pid) -> list[bytes] | None:
-    """/proc/PID/stat's fields after comm (comm may hold spaces and parens: [0] is the state, [1]
-    the ppid, [6] the flags, [19] the start time), None when the process is gone."""
-    data = _read_at(proc, f"{pid}/stat")
-    if not data:
+    """engine.procstat's fields of `pid` under the /proc fd `proc`, None when the process is gone."""
+    try:
+        return procstat.fields(pid, None, proc)
+    except OSError:
         return None
-    return data[data.rindex(b")") + 2:].split()
 
 
 _HAS_CHILDREN: bool | None = None
@@ -130,7 +129,7 @@ def _children_listed(proc: int, pid: int) -> list[tuple[int, int]]:
     for c in children(pid, proc):
         fields = _stat_fields(proc, c)
         if fields is not None:
-            out.append((int(fields[19]), c))
+            out.append((int(fields[procstat.STARTTIME]), c))
     return out
 
 
@@ -142,7 +141,7 @@ def _children_scanned(proc: int) -> dict[int, list[tuple[int, int]]]:
         if name.isdigit():
             fields = _stat_fields(proc, name)
             if fields is not None:
-                children.setdefault(int(fields[1]), []).append((int(fields[19]), int(name)))
+                children.setdefault(int(fields[procstat.PPID]), []).append((int(fields[procstat.STARTTIME]), int(name)))
     return children
 
 
@@ -177,12 +176,8 @@ def wait_gone(pids, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     for pid in pids:
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break  # a zombie waiting for its (non-dumped) parent: gone for us
-            except OSError:
-                break
+            if procstat.state(pid) in (b"Z", b""):
+                break  # a zombie waiting for its (non-dumped) parent: gone for us
             time.sleep(0.005)
 
 

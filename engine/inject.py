@@ -34,6 +34,7 @@ import errno
 import os
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import struct
+from engine import procstat
 
 _PTRACE_PEEKDATA, _PTRACE_POKEDATA = 2, 5
 _PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH, _PTRACE_SYSCALL = 12, 13, 17, 24
@@ -323,7 +324,7 @@ def status_at_rest(pid: int, keys) -> dict[str, str]:
     a wait that changes what they show (sigtimedwait blocks less while it waits) has ended."""
     from engine import kernel
     waiting = _waits_in(pid)
-    stopped = waiting is None and _state(pid) == b"T"
+    stopped = waiting is None and procstat.state(pid) == b"T"
     _pt(_PTRACE_SEIZE, pid)
     try:
         _pt(_PTRACE_INTERRUPT, pid)
@@ -340,22 +341,13 @@ def status_at_rest(pid: int, keys) -> dict[str, str]:
 def _waits_in(pid: int) -> str | None:
     """The number of the call a running (not stopped) `pid` waits in, else None."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t"):
-                return None
+        if procstat.fields(pid)[procstat.STATE] in (b"T", b"t"):
+            return None
         with open(f"/proc/{pid}/syscall") as f:
             word = (f.read().split() or [""])[0]
     except OSError:
         return None
     return word if word.isdigit() else None
-
-
-def _state(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return b""
 
 
 def _stopped_again(pid: int, timeout: float = 1.0) -> None:
@@ -367,7 +359,7 @@ def _stopped_again(pid: int, timeout: float = 1.0) -> None:
     while time.monotonic() < end:
         try:
             with open(f"/proc/{pid}/syscall", "rb") as f:
-                if not f.read().startswith(b"running") and _state(pid) == b"T":
+                if not f.read().startswith(b"running") and procstat.state(pid) == b"T":
                     return
         except OSError:
             return

@@ -554,19 +554,10 @@ def ns_ino(pid, kind: str = "mnt") -> int | None:
     except FileNotFoundError:
         return None
     except PermissionError:
-        if _exiting(pid):   # (a process on its way out: its links refuse even root)
+        from engine import procstat
+        if procstat.dead(pid):   # (a process on its way out: its links refuse even root)
             return None
         raise
-
-
-def _exiting(pid) -> bool:
-    """Whether `pid` is gone, a zombie, or exiting (PF_EXITING in its /proc stat flags)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    return fields[0] in (b"Z", b"X", b"x") or bool(int(fields[6]) & 0x4)
 
 
 def ns_outsider(kind: str, ino: int, tree) -> int | None:

@@ -41,11 +41,9 @@ def read(pid: int, blocked: int, thread_masks=(), zombie_child: bool = False) ->
     its main thread's mask) and every other thread (`thread_masks`) block; SIGCHLD only with
     `zombie_child`."""
     got = kernel.proc_status(pid, {"SigPnd", "ShdPnd"})
-    every = blocked
+    every = kept(blocked, zombie_child)
     for mask in thread_masks:
         every &= mask
-    if not zombie_child:
-        every &= ~_SIGCHLD
     own = int(got.get("SigPnd", "0"), 16) & every & ~_NEVER & _ALL
     shared = int(got.get("ShdPnd", "0"), 16) & every & ~_NEVER & _ALL
     out = {}
@@ -54,6 +52,13 @@ def read(pid: int, blocked: int, thread_masks=(), zombie_child: bool = False) ->
     if shared:
         out["sig_pending_shared"] = shared
     return out
+
+
+def kept(mask: int, zombie_child: bool) -> int:
+    """`mask` as dump keeps it: without SIGCHLD unless a zombie child awaits its parent. One with no
+    exit to take means nothing: a child's stop sends one too, dump's own stops and a restore's steps
+    on a child as much as a job's Ctrl-Z."""
+    return mask if zombie_child else mask & ~_SIGCHLD
 
 
 def signals(mask: int) -> list[int]:

@@ -15,6 +15,7 @@ import errno
 import os
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import time
+from engine import procstat
 
 
 class PidfileError(OSError):
@@ -96,10 +97,6 @@ def kill_tree(pid: int) -> None:
 def _zombies(pids: list[int]) -> bool:
     """Whether every process of `pids` is dead already (a zombie awaiting its parent)."""
     for p in pids:
-        try:
-            with open(f"/proc/{p}/stat", errors="surrogateescape") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
-                    return False
-        except (OSError, IndexError):
-            continue
+        if procstat.state(p) not in (b"Z", b"X", b""):
+            return False
     return True

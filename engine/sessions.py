@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+from engine import procstat
 
 
 def read(pid: int) -> tuple[int, int]:
@@ -43,9 +44,8 @@ def foreground(pid: int) -> int | None:
 
 
 def _stat(pid: int) -> tuple[int, int, int]:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[3]), int(fields[2]), int(fields[5])
+    fields = procstat.fields(pid)
+    return int(fields[procstat.SESSION]), int(fields[procstat.PGRP]), int(fields[procstat.TPGID])
 
 
 def ids_of(tree) -> dict[int, tuple[int, int]]:

@@ -18,6 +18,7 @@ import errno
 
 from engine import inject, seccomp, seccomp_eval
 from engine.inject import InjectError
+from engine import procstat
 
 _NR_PRCTL = 157
 _PR_GET_CHILD_SUBREAPER = 37
@@ -38,8 +39,7 @@ def precheck(pids: list[int], read: dict | None = None) -> None:
     parents = set()
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                parents.add(int(f.read().rsplit(b")", 1)[1].split()[1]))
+            parents.add(int(procstat.fields(pid)[procstat.PPID]))
         except OSError:
             continue   # (gone meanwhile: dump tells)
     for pid in sorted(parents & set(pids)):

@@ -32,7 +32,7 @@ import errno
 import mmap
 import os
 
-from engine import kernel
+from engine import kernel, procstat
 from engine.image import MAX_THREADS
 
 # Lines of /proc/PID/task/TID/status that a thread keeps of its own and restore gives it from the
@@ -92,15 +92,7 @@ def _named(key: str, value) -> tuple[str, str]:
 
 def task_state(task: str) -> str:
     """The state letter of /proc/`task` ("PID" or "PID/task/TID"; "" when it is gone)."""
-    try:
-        fd = os.open(f"/proc/{task}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 4096)   # (one read: polled while the tree stops)
-        finally:
-            os.close(fd)
-        return data.rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return ""
+    return procstat.state(task).decode()
 
 
 def check_leader(pid: int) -> None:

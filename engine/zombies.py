@@ -25,7 +25,7 @@ import errno
 import os
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 
-from engine import kernel, sessions, threads
+from engine import kernel, procstat, sessions, threads
 from engine.dumperror import DumpError
 
 # Signals that stop, or are ignored, by default: no process dies of one (its status would be a
@@ -58,8 +58,7 @@ def init_status_problem(status: int) -> str | None:
 
 
 def _stat(pid: int) -> list[bytes]:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].split()
+    return procstat.fields(pid)
 
 
 def is_zombie(pid: int) -> bool:

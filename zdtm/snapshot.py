@@ -39,7 +39,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import loginuid, mntlocks, mountinfo, sbowner, schedattrs, timens, userns
+from engine import loginuid, mntlocks, mountinfo, procstat, sbowner, schedattrs, timens, userns
 from zdtm import fdkinds, holder
 
 # (time and cgroup: None on a kernel without them)
@@ -64,12 +64,11 @@ def _ppids() -> dict[int, int]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", errors="surrogateescape") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            fields = procstat.fields(name)
+        except OSError:
             continue
-        if fields[0] != "Z":
-            out[int(name)] = int(fields[1])
+        if fields[procstat.STATE] != b"Z":
+            out[int(name)] = int(fields[procstat.PPID])
     return out
 
 
@@ -105,11 +104,10 @@ def _live_start(pid: int) -> tuple[int, int] | None:
     restored tree's processes were paired with the wrong originals (engine.freeze.fork_order: also
     when they wrapped within one clock tick)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return None if fields[0] == b"Z" else (int(fields[19]), pid)
-    except (OSError, IndexError, ValueError):
+        fields = procstat.fields(pid)
+    except OSError:
         return None
+    return None if fields[procstat.STATE] == b"Z" else (int(fields[procstat.STARTTIME]), pid)
 
 
 def _tree_from_scan(root: int) -> list[int]:
@@ -131,11 +129,7 @@ def _tree_from_scan(root: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     """Whether `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return procstat.state(pid) not in (b"Z", b"")
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:
@@ -156,12 +150,7 @@ def _busy(root: int) -> bool:
         except OSError:
             continue
         for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat", errors="surrogateescape") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state in ("R", "D"):
+            if procstat.state(f"{pid}/task/{tid}") in (b"R", b"D"):
                 return True
     return False
 
@@ -505,10 +494,9 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     try:
         comm = kernel.read_comm(pid)
         threads = _threads(pid)
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().rsplit(b")", 1)[1].split()
-        stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
-        tty_nr, tpgid = int(stat[4]), int(stat[5])
+        stat = procstat.fields(pid)
+        stopped, pgid, sid = stat[procstat.STATE] == b"T", int(stat[procstat.PGRP]), int(stat[procstat.SESSION])
+        tty_nr, tpgid = int(stat[procstat.TTY_NR]), int(stat[procstat.TPGID])
         status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list",
                                           "THP_enabled"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
@@ -590,15 +578,12 @@ def _syscall(pid: int) -> str:
         return "?"
 
 
-_SIGCHLD = 1 << 16
-
-
 def _signal_bits(pid: int) -> str:
     """" sigblk=MASK" (its main thread's blocked signals, read in a ptrace stop when it waits in
     sigtimedwait, which blocks less meanwhile: tini, dumb-init), " sigpnd=MASK" when some of them
     are pending on it or on the process (engine/pendingsigs.py; SIGCHLD only with a zombie child) and, for a process with children,
     " subreaper=1" when set (asked in the process: engine/subreaper.py; "?" when it cannot be)."""
-    from engine import freeze, inject, kernel, subreaper
+    from engine import freeze, inject, kernel, pendingsigs, subreaper
     before = _syscall(pid)
     keys = {"SigBlk", "SigPnd", "ShdPnd"}
     status = kernel.proc_status(pid, keys)
@@ -615,10 +600,8 @@ def _signal_bits(pid: int) -> str:
         pending &= int(status["SigBlk"], 16)
     except (KeyError, ValueError):
         pending = 0
-    if pending & _SIGCHLD and not any(freeze.state(c) == "Z" for c in _children(pid)):
-        # (one with no exit to take means nothing: a child's stop sends one too, the dump's and a
-        # restore's steps on a child as much as a job's Ctrl-Z; dump keeps it the same way)
-        pending &= ~_SIGCHLD
+    zombie_child = bool(pending) and any(freeze.state(c) == "Z" for c in _children(pid))
+    pending = pendingsigs.kept(pending, zombie_child)
     out += f" sigpnd={pending:016x}" if pending else ""
     # (only a set flag is shown: a parent whose children are not made again, as a FUSE daemon a
     # restore starts afresh, reads as "not asked" after, which is the flag's default)
@@ -941,13 +924,13 @@ def _zombies(pids: list[int]) -> list[Zombie]:
         for pid in sorted(_children(parent)):
             try:
                 comm = kernel.read_comm(pid)
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read().rsplit(b")", 1)[1].split()
+                stat = procstat.fields(pid)
             except OSError:
                 continue   # (reaped meanwhile)
-            if stat[0] in (b"Z", b"X"):
+            if stat[procstat.STATE] in (b"Z", b"X"):
                 deeper = _nspid_depth(pid) > _nspid_depth(parent)
-                out.append(Zombie(pid, parent, comm, int(stat[49]), int(stat[3]), int(stat[2]), deeper))
+                out.append(Zombie(pid, parent, comm, int(stat[procstat.EXIT_CODE]), int(stat[procstat.SESSION]),
+                                  int(stat[procstat.PGRP]), deeper))
     return out
 
 

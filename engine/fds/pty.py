@@ -40,6 +40,7 @@ from engine.imageformat import BOOL, DICT, INT, LIST, MAX_UID, STR, F, Record, b
 from engine.ctty import device
 from engine.kernel import fd_stats, undeleted
 from engine.fds import FdError, FdKind, RestoreFd, pty_data, register
+from engine import procstat
 
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
@@ -114,11 +115,10 @@ def leads_on(pid: int, rdev: int) -> bool:
     terminal (/proc/PID/stat: the terminal's number; a shell on a container's console, the process
     systemd-nspawn or `runc run -t` started, holds it as its stdio and no /dev/tty)?"""
     try:
-        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fields = procstat.fields(pid)
     except OSError:
         return False
-    session, tty_nr = int(fields[3]), int(fields[4])
+    session, tty_nr = int(fields[procstat.SESSION]), int(fields[procstat.TTY_NR])
     major, minor = device(tty_nr)
     return bool(tty_nr) and session == pid and (major, minor) == (os.major(rdev), os.minor(rdev))
 
@@ -614,9 +614,7 @@ def _ctty_index(d) -> int | None:
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if st.st_rdev != os.makedev(5, 0):
         return None
-    with open(f"/proc/{d.pid}/stat", errors="surrogateescape") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tty_nr = int(fields[4])
+    tty_nr = int(procstat.fields(d.pid)[procstat.TTY_NR])
     major, minor = device(tty_nr)
     if not tty_nr:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that has no controlling terminal "

@@ -12,6 +12,7 @@ import os
 from engine.records import record
 
 from engine.fs import FsError, FsType, register
+from engine import procstat
 
 
 def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool | None:
@@ -21,14 +22,10 @@ def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool | None:
     tree is prechecked), which tells nothing."""
     base = f"/proc/self/fd/{proc_fd}/{pid}"
     try:
-        with open(f"{base}/stat", "rb") as f:
-            data = f.read()
+        fields = procstat.fields(base, base=None)
     except OSError:
         return None
-    try:
-        if data[data.rindex(b")") + 2:].split()[19] != starttime:
-            return False
-    except (IndexError, ValueError):
+    if fields[procstat.STARTTIME] != starttime:
         return False
     try:
         return os.stat(f"{base}/ns/pid").st_ino == ino
@@ -50,10 +47,8 @@ def _dumpers(proc_fd: int) -> bool:
     try:
         if os.readlink(f"{base}/self") != str(os.getpid()):
             return False
-        with open(f"{base}/1/stat", "rb") as f, open("/proc/1/stat", "rb") as g:
-            a, b = f.read(), g.read()
-        return a[a.rindex(b")") + 2:].split()[19] == b[b.rindex(b")") + 2:].split()[19]
-    except (OSError, IndexError, ValueError):
+        return procstat.fields(1, base)[procstat.STARTTIME] == procstat.fields(1)[procstat.STARTTIME]
+    except OSError:
         return False
 
 
