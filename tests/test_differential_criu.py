@@ -151,6 +151,13 @@ def test_differential_finds_the_read_only_root_criu_restores_writable():
     assert "root options: ro" in v.shape and "-> rw" in v.shape
 
 
+def test_differential_a_plain_tree_is_no_finding():
+    """criu restores a plain tmpfs tree as it was: its new time namespace, which carries the clocks
+    at dump by design (snapshot.clocks_carried), is no difference (it made every tree criu-differs)."""
+    v, _ = _run([("tmpfs", 0, 0)])
+    assert v.category is None, (v.criu.summary(), v.criu.diff)
+
+
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is needed for the random tree tests")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 

@@ -67,6 +67,9 @@ class Backend:
     """Base class; see the module docstring."""
 
     name = "?"
+    # Whether restore puts a tree that sat in the runner's time namespace into a new one whose
+    # offsets carry its clocks at dump (snapshot.clocks_carried): criu does, by design.
+    carries_clocks = False
 
     def unavailable(self) -> str | None:
         return None
@@ -171,6 +174,9 @@ class CriuBackend(Backend):
     """criu through zdtm.criu_backend (which finds or builds a criu that runs here)."""
 
     name = "criu"
+    # (criu/timens.c: a restore makes a time namespace whose CLOCK_MONOTONIC and CLOCK_BOOTTIME go on
+    # from their values at dump, whenever the image has them, which criu dumps for every tree)
+    carries_clocks = True
 
     def __init__(self, spec: str = "auto"):
         self.spec = spec

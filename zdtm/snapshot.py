@@ -1165,6 +1165,26 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
 
 # --- comparison -----------------------------------------------------------------
 
+_TIMENS_BIT = re.compile(r" timens=\S+")
+
+
+def clocks_carried(before: Snapshot, after: Snapshot) -> Snapshot:
+    """`after` with its time namespace taken for the runner's when a backend that carries clocks
+    (criu: its restore makes a time namespace whose monotonic and boottime clocks go on from their
+    values at dump, by design) restored a tree that sat wholly in the runner's time namespace into
+    one new namespace. Any other difference in time namespaces (a process left in the runner's, two
+    namespaces, a tree that had its own) stays compared."""
+    own = os.stat("/proc/self/ns/time").st_ino
+    inos = {q.ns.get("time") for q in after.procs}
+    if not before.procs or any(p.ns.get("time") != own for p in before.procs) or len(inos) != 1 or own in inos:
+        return after
+    runner = " timens=" + ",".join(f"{k}:{s}.{n:09d}" for k, (s, n) in timens.offsets("self").items())
+    for q in after.procs:
+        q.ns["time"] = own
+        q.bits = _TIMENS_BIT.sub(runner, q.bits)
+    after.namespaces = _partition(after.procs) + _job_partition(after.procs)
+    return after
+
 def _pair(a: list[Proc], b: list[Proc]) -> list[tuple[Proc | None, Proc | None]]:
     """Pair processes: identical texts first, then the rest in order."""
     left, right = list(a), list(b)
