@@ -1,0 +1,133 @@
+"""Empty messages on datagram and seqpacket sockets are messages: a reader's recv() returns 0 for
+each, in its place. Dump peeks a queue at offsets (SO_PEEK_OFF), which the kernel lets pass over
+an empty message once anyone peeked at it (skb->peeked); and FIONREAD gives a datagram socket's
+first message's length only, 0 when it is empty. A datagram pair whose first message was empty
+lost its whole queue, a queue headed by an empty message lost it, and a middle one a program had
+peeked at was lost silently (engine/fds/unix_queue.py, unix_pair.py `_hidden`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import types
+
+import pytest
+
+from enginecase import case, grab_fd, py_hold  # noqa: F401  (fixture)
+from engine.fds import FdError, unix_pair, unix_queue
+
+
+def _drain(s: socket.socket) -> list[bytes]:
+    out = []
+    s.setblocking(False)
+    while True:
+        try:
+            out.append(s.recv(1 << 17))
+        except BlockingIOError:
+            return out
+
+
+def _peeked(s: socket.socket, n: int) -> None:
+    """Peek at `n` messages of `s` at offsets, as a program sizing its datagrams does."""
+    s.setsockopt(socket.SOL_SOCKET, 42, 0)
+    for _ in range(n):
+        s.recv(1 << 17, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    s.setsockopt(socket.SOL_SOCKET, 42, -1)
+
+
+@pytest.mark.parametrize("typ", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET])
+def test_an_empty_head_is_seen_and_kept(typ):
+    """A queue headed by an empty message, peeked at before: `waiting` sees it (FIONREAD says 0),
+    peek_messages keeps it in its place, twice alike (its own peek marks it too)."""
+    a, b = socket.socketpair(socket.AF_UNIX, typ)
+    for m in (b"", b"one", b"y" * 3000):
+        a.send(m)
+    _peeked(b, 1)
+    d = types.SimpleNamespace(where="fd 13")
+    assert unix_queue.waiting(b, b.fileno())
+    first = unix_queue.peek_messages(b, d, 0)
+    assert first == ["", "b25l", first[2]] and len(first) == 3
+    assert unix_queue.peek_messages(b, d, 0) == first
+    assert [len(m) for m in _drain(b)] == [0, 3, 3000]
+
+
+def test_waiting_sees_no_queue():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    assert not unix_queue.waiting(b, b.fileno())
+
+
+def test_a_peeked_empty_message_in_the_middle_is_refused():
+    """A middle empty message peeked at before is passed over by every peek at an offset: the pair's
+    send buffer memory tells (SIOCOUTQ of the other end), and the dump refuses rather than lose it."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for m in (b"first", b"", b"last"):
+        a.send(m)
+    _peeked(b, 3)
+    d = types.SimpleNamespace(where="fd 11", scratch={})
+    msgs = unix_queue.peek_messages(b, d, 0)
+    assert len(msgs) == 2
+    unix_pair._hidden(d, "pair", 1, b.type, msgs, unix_queue.outq(b.fileno()))
+    with pytest.raises(FdError, match="messages queued that a peek does not show"):
+        unix_pair._hidden(d, "pair", 0, a.type, [], unix_queue.outq(a.fileno()))
+
+
+def test_a_whole_queue_is_not_refused():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for m in (b"", b"x" * 70000, b"z"):
+        a.send(m)
+    d = types.SimpleNamespace(where="fd 11", scratch={})
+    unix_pair._hidden(d, "pair", 1, b.type, unix_queue.peek_messages(b, d, 0), unix_queue.outq(b.fileno()))
+    unix_pair._hidden(d, "pair", 0, a.type, [], unix_queue.outq(a.fileno()))
+
+
+PAIRS = py_hold("""
+import socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+for m in (b"", b"dgram one", b"y" * 3000):
+    a.send(m)
+c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+for m in (b"", b"first", b"x" * 70000):
+    c.send(m)
+d.setsockopt(socket.SOL_SOCKET, 42, 0); d.recv(10, socket.MSG_PEEK); d.setsockopt(socket.SOL_SOCKET, 42, -1)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); os.dup2(c.fileno(), 12); os.dup2(d.fileno(), 13)
+for x in (a, b, c, d): x.close()
+""")
+
+
+def test_pairs_with_empty_messages_come_back_whole(case):
+    """A datagram pair whose first message is empty came back with none (its FIONREAD is 0), a
+    seqpacket pair whose empty head was peeked at came back without it."""
+    state = case.roundtrip(PAIRS)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        assert [len(m) for m in _drain(b)] == [0, 9, 3000]
+    with socket.socket(fileno=grab_fd(state.pid, 13)) as d:
+        assert [len(m) for m in _drain(d)] == [0, 5, 70000]
+
+
+MIDDLE = py_hold("""
+import socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+for m in (b"first", b"", b"last"):
+    a.send(m)
+b.setsockopt(socket.SOL_SOCKET, 42, 0)
+for _ in range(3):
+    b.recv(10, socket.MSG_PEEK)
+b.setsockopt(socket.SOL_SOCKET, 42, -1)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+""")
+
+
+def test_a_peeked_empty_message_refused_and_the_tree_runs_on(case):
+    """Refused naming the socket; the tree keeps running with its queue as it was."""
+    from enginecase import CRError
+    pid = case.start(MIDDLE)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"fd 1[01] \(socket:\[\d+\]\): a datagram socket pair with messages queued that a peek does "
+                     r"not show", str(err.value)), err.value
+    os.kill(pid, 0)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] != "T"
+    with socket.socket(fileno=grab_fd(pid, 11)) as b:
+        assert [len(m) for m in _drain(b)] == [5, 0, 4]
