@@ -709,6 +709,8 @@ def _connect(r: RestoreFd, fd: int, c: dict, sent=None, oob: dict | None = None)
             try:
                 if data:
                     s.sendall(data, socket.MSG_DONTWAIT | flags)
+                elif s.type != socket.SOCK_STREAM:
+                    s.send(data, socket.MSG_DONTWAIT)   # (an empty message is a message)
             except BlockingIOError:
                 raise FdError(errno.EAGAIN, "the data its client had sent does not fit its send buffer") from None
     finally:

@@ -125,7 +125,8 @@ def _sent_ok(entry: dict, sent) -> bool:
     if (stream and not isinstance(sent, str)) or (not stream and (not isinstance(sent, list)
                                                                   or len(sent) > unix_queue.MAX_MSGS)):
         return False
-    return all(isinstance(m, str) and 0 < len(m) <= unix_queue.MAX_DATA * 4 // 3 + 4
+    # (an empty message of a seqpacket connection is one; a stream's bytes are none when empty)
+    return all(isinstance(m, str) and (0 < len(m) or not stream) and len(m) <= unix_queue.MAX_DATA * 4 // 3 + 4
                for m in ([sent] if stream else sent))
 
 

@@ -100,6 +100,7 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
                         os.close(fd)
                     continue
             try:
+                refuse_creds(anc, d.where)
                 if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or any(
                         level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS for level, kind, _ in anc):
                     raise FdError(errno.EOPNOTSUPP, f"{d.where}: a queued message over 128 KiB, or with other "
@@ -132,6 +133,22 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
     if nfds != inflight:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight, {nfds} found in its queue")
     return out
+
+
+def refuse_creds(anc: list, where: str) -> None:
+    """Refuse a queued message that carries its sender's credentials (its reader set SO_PASSCRED,
+    as journald's and sd_notify sockets do): restore would send it with the restorer's."""
+    if any(c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for c in anc):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: messages queued on a socket whose reader set SO_PASSCRED (each "
+                                        "carries its sender's credentials, which restore cannot give it): not "
+                                        "supported; let the program read its queue first")
+
+
+def refuse_passcred_queue(s: socket.socket, c: int, where: str) -> None:
+    """`refuse_creds` before the stop: datagram or seqpacket socket `s` (our copy `c`) with
+    SO_PASSCRED set and a message waiting (a peek: moves nothing; the tree runs)."""
+    if s.type != socket.SOCK_STREAM and s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) and waiting(s, c):
+        refuse_creds([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, b"")], where)
 
 
 def _recv_peek(s: socket.socket):
