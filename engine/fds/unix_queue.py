@@ -397,22 +397,29 @@ def waiting(s: socket.socket, c: int) -> bool:
     """Does anything wait to be read on socket `s` (our copy `c`)? FIONREAD gives a datagram
     socket's first message's length only: 0 when that one is empty, as with none at all. So a
     datagram or seqpacket socket's head is peeked at (with no peek offset: an empty message
-    peeked at before is passed over at an offset); a seqpacket socket's end of file reads as one."""
+    peeked at before is passed over at an offset); a seqpacket socket's end of file is told from an
+    empty message by SO_PASSCRED, set for the peek (a message carries credentials, it none)."""
     if inq(c) or s.type == socket.SOCK_STREAM:
         return inq(c) > 0
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    seqpacket = s.type == socket.SOCK_SEQPACKET
+    creds = seqpacket and not s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
+    if creds:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     try:
-        _data, anc, _flags, _addr = _recv_peek(s)
+        data, anc, _flags, _addr = _recv_peek(s)
     except OSError:
         return False
     finally:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+        if creds:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
     for level, kind, raw in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
                 os.close(fd)
-    return True
+    return not seqpacket or bool(data) or any(x[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for x in anc)
 
 
 def charged(typ: int, queue: list) -> int | None:
