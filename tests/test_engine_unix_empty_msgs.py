@@ -186,3 +186,26 @@ def test_queued_credentials_refused_before_the_stop(case):
     assert re.search(r"fd 11 \(socket:\[\d+\]\): messages queued on a socket whose reader set SO_PASSCRED",
                      str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+FDS_HEAD = py_hold("""
+import socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe(); os.write(w, b"through the pipe")
+socket.send_fds(a, [b""], [r])
+a.send(b"after")
+os.close(r)
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); os.dup2(w, 12); a.close(); b.close(); os.close(w)
+""")
+
+
+def test_an_empty_message_carrying_an_fd_heads_a_queue(case):
+    """An empty message that carries a pipe's read end (SCM_RIGHTS) heads a datagram pair's queue:
+    it comes back first, with the fd, the next message after it."""
+    state = case.roundtrip(FDS_HEAD)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 11)) as b:
+        data, fds, _flags, _addr = socket.recv_fds(b, 100, 4, socket.MSG_DONTWAIT)
+        assert data == b"" and len(fds) == 1
+        assert os.read(fds[0], 100) == b"through the pipe"
+        os.close(fds[0])
+        assert b.recv(100, socket.MSG_DONTWAIT) == b"after"
