@@ -209,3 +209,21 @@ def test_an_empty_message_carrying_an_fd_heads_a_queue(case):
         assert os.read(fds[0], 100) == b"through the pipe"
         os.close(fds[0])
         assert b.recv(100, socket.MSG_DONTWAIT) == b"after"
+
+
+BACKLOG = py_hold("""
+import socket
+name = b"\\0zdtm-sink-" + os.urandom(4).hex().encode()
+sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); sink.bind(name)
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+u.sendto(b"", name); u.sendto(b"READY=1", name)
+os.dup2(sink.fileno(), 10); sink.close()
+""").replace("exec python3", "exec unshare --net python3", 1)
+
+
+def test_a_named_datagram_socket_whose_first_datagram_is_empty_keeps_its_backlog(case):
+    """A bound datagram socket (an sd_notify or syslog socket) whose first datagram is empty: its
+    FIONREAD is 0, so dump took it for one with nothing queued and its backlog was lost."""
+    state = case.roundtrip(BACKLOG)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 10)) as s:
+        assert _drain(s) == [b"", b"READY=1"]
