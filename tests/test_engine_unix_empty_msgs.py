@@ -227,3 +227,19 @@ def test_a_named_datagram_socket_whose_first_datagram_is_empty_keeps_its_backlog
     state = case.roundtrip(BACKLOG)[-1]
     with socket.socket(fileno=grab_fd(state.pid, 10)) as s:
         assert _drain(s) == [b"", b"READY=1"]
+
+
+DANGLING = py_hold("""
+import socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.send(b""); a.send(b"last words"); a.close()
+os.dup2(b.fileno(), 10); b.close()
+""")
+
+
+def test_a_datagram_socket_whose_peer_is_gone_keeps_an_empty_first_message(case):
+    """The survivor of a datagram pair whose peer closed after sending an empty datagram and another:
+    both come back (FIONREAD 0 made dump take its queue for empty)."""
+    state = case.roundtrip(DANGLING)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 10)) as s:
+        assert _drain(s) == [b"", b"last words"]
