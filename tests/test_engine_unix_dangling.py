@@ -46,12 +46,13 @@ def test_seqpacket_messages_of_a_closed_peer_then_end_of_file(case):
         assert [a.recv(100), a.recv(100), a.recv(100)] == [b"one", b"two", b""]
 
 
-def test_seqpacket_empty_message_of_a_closed_peer_refused(case):
-    """An empty message before the end of file is a message, not the end of file: the image keeps
-    none, so dump refuses naming it (it was taken for the end of file, silently dropped, before)."""
-    import pytest
-    from enginecase import CRError
-    pid = case.start(SEQPACKET.replace('b.send(b"two")', 'b.send(b"")'))
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert "an empty message queued: not supported" in str(err.value), err.value
+def test_seqpacket_empty_message_of_a_closed_peer_kept(case):
+    """An empty message before the end of file is a message, not the end of file (it was taken for
+    the end of file, silently dropped, before; then refused): kept in its place, the end of file
+    after it. Only a message carries credentials (SO_PASSCRED) to tell them apart."""
+    state = case.roundtrip(SEQPACKET.replace('b.send(b"two")', 'b.send(b"")'))[-1]
+    with _grab(state.pid, 10) as a:
+        a.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        got = [a.recvmsg(100, 64) for _ in range(3)]
+        assert [(data, bool(anc)) for data, anc, _f, _a in got] == [(b"one", True), (b"", True), (b"", False)]

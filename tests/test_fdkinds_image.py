@@ -55,7 +55,7 @@ MUTATIONS = {
     "unix pair end": lambda d: _fd(d, "unix").update(end=7),
     "unix messages on a stream pair": lambda d: _obj(d, "unix").update(msgs=[["eA=="], []]),
     "unix messages not a queue pair": lambda d: _obj(d, "unix").update(type="dgram", msgs=[["eA=="]]),
-    "unix empty message": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[""], []]),
+    "unix empty message on a stream": lambda d: _fd(d, "unix").update(type="stream", dangling=True, msgs=[""]),
     "unix fd in flight of a kind": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [
         {"kind": "eventfd", "flags": 0, "pos": 0, "mnt": 1, "path": "/"}]}], []]),
     "unix pipe in flight on a mount": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [

@@ -62,6 +62,8 @@ def _socket(c: int) -> str:
             out += f" name={s.getsockname()!r} listening={listening} connected={peer is not None}"
             if not listening:
                 out += f" inq={_inq(c)}"
+                if typ != socket.SOCK_STREAM:
+                    out += f" head={_unix_head(s)}"
             else:   # (what its clients see of the server: the pid is named by zdtm/snapshot.py)
                 from engine.fds import unix_bind
                 pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -101,6 +103,46 @@ def _socket(c: int) -> str:
         return out
     finally:
         s.close()
+
+
+def _unix_head(s: socket.socket) -> str:
+    """The length of the first message queued on datagram or seqpacket socket `s`, peeked at with
+    no peek offset ("-" none): FIONREAD gives 0 both for an empty first message and for none (a
+    datagram pair whose first message was empty lost its whole queue so). Only the head: a peek
+    marks an empty message peeked (skb->peeked), which a later peek at an offset passes over, so a
+    walk over the queue here would make the dump lose the empty ones behind the head (a dump
+    peeks the head with no offset too: engine/fds/unix_queue.py). With SO_PASSCRED on for the
+    peek, a seqpacket socket's end of file (no credentials) is none. Fds in flight and pidfds a
+    peek installs here are closed."""
+    SO_PEEK_OFF, SO_PASSPIDFD = 42, 76
+    saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    creds = s.type == socket.SOCK_SEQPACKET and not s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
+    try:
+        pidfd = s.getsockopt(socket.SOL_SOCKET, SO_PASSPIDFD)
+    except OSError:
+        pidfd = 0
+    if creds:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    if pidfd:
+        s.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 0)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
+    try:
+        data, anc, _flags, _addr = s.recvmsg(1 << 17, 4096, socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return "-"
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+        if creds:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+        if pidfd:
+            s.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, pidfd)
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
+                os.close(fd)
+    if creds and not data and not any(c[1] == socket.SCM_CREDENTIALS for c in anc):
+        return "-"   # (the end of file)
+    return str(len(data))
 
 
 def _inet(s: socket.socket) -> str:

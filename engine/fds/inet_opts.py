@@ -41,6 +41,8 @@ OPTS = {
     "keepidle": (IPPROTO_TCP, 4, "int", None, ("tcp",)), "keepintvl": (IPPROTO_TCP, 5, "int", None, ("tcp",)),
     "keepcnt": (IPPROTO_TCP, 6, "int", None, ("tcp",)), "defer_accept": (IPPROTO_TCP, 9, "int", None, ("tcp",)),
     "user_timeout": (IPPROTO_TCP, 18, "int", None, ("tcp",)), "fastopen": (IPPROTO_TCP, 23, "int", None, ("tcp",)),
+    # (how few unsent bytes make a connection writable again: TCP_NOTSENT_LOWAT, what HTTP/2 servers set)
+    "notsent_lowat": (IPPROTO_TCP, 25, "int", None, ("tcp",)),
     "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp", "udplite")),
     "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp", "udplite")),
     # how much of each datagram UDP-Lite's checksum covers, sent and required received (0: all)

@@ -58,6 +58,7 @@ from engine.fds import FdError
 
 SOL_TCP = socket.IPPROTO_TCP
 TCP_MAXSEG, TCP_INFO = 2, 11
+IPV6_HOPOPTS = 54
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS = 19, 20, 21, 22
 TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
 REPAIR_ON, REPAIR_OFF, REPAIR_OFF_NO_WP = 1, 0, -1
@@ -256,6 +257,25 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
             window[4] = rcv_nxt
     s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.pack(*window))
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
+    if conn.get("state") != "CLOSE":
+        _sync_mss(s)
+
+
+def _sync_mss(s: socket.socket) -> None:
+    """Compute again the segment size connection `s` sends with (mss_cache, what TCP_MAXSEG reads
+    outside repair mode): the connect computed it from the default clamp, before TCPOPT_MSS and
+    the window were given, and nothing computes it again while the path's MTU stays (a connection
+    over lo restored sent 524-byte segments, not 32 KiB ones). Setting the IP options (none, as
+    before: the header's size does not change) makes the kernel compute it from the clamp, the
+    window and the path's MTU (IPv4: IP_OPTIONS; IPv6's options, emptied, compute nothing).
+    Not the size the live connection had: that one came from its window at the handshake."""
+    try:
+        if s.family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_HOPOPTS, b"")
+    except OSError:
+        pass   # (a kernel that refuses: the segment size stays the default's, as before)
 
 
 def _autobound(s: socket.socket, local: tuple, peer: tuple) -> bool:

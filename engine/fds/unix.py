@@ -149,7 +149,7 @@ def case_of(k: Sock) -> tuple[str, object]:
         return "embryo", embryos[k.ino]
     if not k.peer and not k.named and connected(s):
         return "dangling", None
-    if not k.peer and k.named and (k.inflight or unix_queue.inq(k.c)):
+    if not k.peer and k.named and (k.inflight or unix_queue.waiting(k.s, k.c)):
         return "backlog", None
     if k.peer and not k.mutual:
         return "client", k.peer
@@ -251,7 +251,7 @@ def _as_dangling(k: Sock) -> dict:
     out = k.out
     out["dangling"] = True
     refuse_dangling(k)
-    if k.typ != socket.SOCK_STREAM and (k.inflight or unix_queue.inq(k.c)):
+    if k.typ != socket.SOCK_STREAM and (k.inflight or unix_queue.waiting(k.s, k.c)):
         # (systemd-nspawn keeps the fd of its kmsg FIFO in flight on such a socket)
         out["msgs"] = unix_queue.peek_messages(k.s, k.d, k.inflight)
         out["mnts"] = unix_queue.inflight_mounts(out["msgs"])
@@ -455,7 +455,7 @@ def peer_name(d, s: socket.socket, typ: int, peer: int, diag: dict, inflight: in
     listener = diag.get(peer, {}).get("icons") is not None or diag.get(peer, {}).get("state") == 10   # TCP_LISTEN
     if typ != socket.SOCK_DGRAM and not listener:
         raise FdError(errno.EOPNOTSUPP, f"{what}: not supported")
-    if inflight or unix_queue.inq(d.copy()):
+    if inflight or unix_queue.waiting(s, d.copy()):
         raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
     name = unix_bind.name_of(s.getpeername())
     # (a relative name, CRIU's sk-unix-listen01, is connected to again through the file it found)
@@ -709,6 +709,8 @@ def _connect(r: RestoreFd, fd: int, c: dict, sent=None, oob: dict | None = None)
             try:
                 if data:
                     s.sendall(data, socket.MSG_DONTWAIT | flags)
+                elif s.type != socket.SOCK_STREAM:
+                    s.send(data, socket.MSG_DONTWAIT)   # (an empty message is a message)
             except BlockingIOError:
                 raise FdError(errno.EAGAIN, "the data its client had sent does not fit its send buffer") from None
     finally:

@@ -128,21 +128,31 @@ def _read_all(a: socket.socket, where: str) -> tuple[list[bytes], dict | None]:
     an earlier one is ordinary data by then)."""
     msgs, total = [], 0
     oob = _urgent(a)
+    # (a seqpacket socket's empty message is a message, its end of file none: with SO_PASSCRED on
+    # our accepted end, each message carries its sender's credentials and the end of file none)
+    stream = a.type == socket.SOCK_STREAM
+    if not stream:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     while True:
         if oob is not None and "at" not in oob and _at_mark(a):
             oob = {"at": total, "byte": binascii.b2a_base64(a.recv(1, socket.MSG_OOB), newline=False).decode()}
         try:
-            data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+            data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4) + socket.CMSG_SPACE(12), socket.MSG_DONTWAIT)
         except BlockingIOError:
             break
+        creds = [c for c in anc if c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)]
+        anc = [c for c in anc if c not in creds]
         for _level, _kind, raw in anc:   # (fds in flight: close our copies, then refuse)
             for x in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
                 os.close(x)
         if anc or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise FdError(errno.EOPNOTSUPP, f"{where}: a connection not yet accepted carries fds in "
                                             "flight, or a message over 128 KiB: not supported")
-        if not data:
+        if not data and (stream or not creds):
             break
+        if len(msgs) >= unix_queue.MAX_MSGS:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: over {unix_queue.MAX_MSGS} messages sent on a connection "
+                                            "not yet accepted: too many")
         total += len(data)
         if total > MAX_DATA:
             raise FdError(errno.EOPNOTSUPP, f"{where}: over {MAX_DATA} bytes sent on a connection not "

@@ -101,7 +101,7 @@ def check(entry: dict, what: str) -> None:
         if not named and (not entry.get("dangling") or entry.get("type") == "stream"):
             _fail(f"{what}: queued messages on a socket that is neither the survivor of a pair nor a named "
                   "datagram socket")
-        _check_msgs(entry["msgs"], what)
+        _check_msgs(entry["msgs"], what, stream=entry.get("type") == "stream")
         senders = entry.get("senders")
         if senders is not None and (not named or not isinstance(senders, list)
                                     or len(senders) != len(entry["msgs"])
@@ -125,7 +125,8 @@ def _sent_ok(entry: dict, sent) -> bool:
     if (stream and not isinstance(sent, str)) or (not stream and (not isinstance(sent, list)
                                                                   or len(sent) > unix_queue.MAX_MSGS)):
         return False
-    return all(isinstance(m, str) and 0 < len(m) <= unix_queue.MAX_DATA * 4 // 3 + 4
+    # (an empty message of a seqpacket connection is one; a stream's bytes are none when empty)
+    return all(isinstance(m, str) and (0 < len(m) or not stream) and len(m) <= unix_queue.MAX_DATA * 4 // 3 + 4
                for m in ([sent] if stream else sent))
 
 
@@ -162,16 +163,17 @@ def _gone_sender(x, entry: dict) -> bool:
         return False
 
 
-def _check_msgs(queue, what: str, pair: bool = False) -> None:
+def _check_msgs(queue, what: str, pair: bool = False, stream: bool = True) -> None:
     """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO, pipe,
     memfd, eventfd, signalfd, timerfd or epoll (its targets only on a pair's queue), or, on a
-    pair's queue (`pair`), {kind: pair_end, end: 0|1}: an end of that pair]}."""
+    pair's queue (`pair`), {kind: pair_end, end: 0|1}: an end of that pair]}. Empty data without
+    fds: an empty message, of a datagram or seqpacket socket only (not `stream`)."""
     from engine.image import _fail, check_abs_path
     if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
         _fail(f"{what}: bad queued messages")
     for m in queue:
         data, fds = (m.get("data"), m.get("fds")) if isinstance(m, dict) else (m, None)
-        if not isinstance(data, str) or len(data) > (1 << 17) * 4 // 3 + 4 or (not data and not fds):
+        if not isinstance(data, str) or len(data) > (1 << 17) * 4 // 3 + 4 or (not data and not fds and stream):
             _fail(f"{what}: bad queued message")
         if isinstance(m, dict):
             if set(m) != {"data", "fds"} or not isinstance(fds, list) or not 0 < len(fds) <= 253:
@@ -269,7 +271,7 @@ def check_object(obj: dict, what: str) -> None:
                                                             if isinstance(q, list) for m in q))):
             _fail(f"{what}: bad queued messages of a socket pair")
         for q in msgs:
-            _check_msgs(q, what, pair=True)
+            _check_msgs(q, what, pair=True, stream=obj["type"] == "stream")
     shut = obj.get("shut")
     if shut is not None and (not isinstance(shut, list) or len(shut) != 2
                              or not all(type(x) is int and 0 <= x <= 3 for x in shut)):

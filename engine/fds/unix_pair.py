@@ -56,14 +56,37 @@ def dump_end(k) -> None:
         if n:
             data = unix_queue.peek_stream(s, n, d.where)
             d.objects[obj]["data"][end] = binascii.b2a_base64(data, newline=False).decode()
-    elif unix_queue.inq(k.c) or k.inflight:
-        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight, selves={a: 0, b: 1})
+    else:
+        # (FIONREAD gives a datagram's first message only: 0 for an empty one, whose queue was lost)
+        msgs = unix_queue.peek_messages(s, d, k.inflight, selves={a: 0, b: 1}) \
+            if k.inflight or unix_queue.waiting(s, k.c) else []
+        if msgs or k.inflight:
+            o.setdefault("msgs", [[], []])[end] = msgs
         if k.inflight and "via" in o:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
                                             "listener: not supported")
+        _hidden(d, obj, end, s.type, msgs, unix_queue.outq(k.c))
     if "msgs" in o:
         # (the mounts of the files in flight on either end: restore opens them)
         out["mnts"] = unix_queue.inflight_mounts([m for q in o["msgs"] for m in q])
+
+
+def _hidden(d, obj: str, end: int, typ: int, msgs: list, sent: int) -> None:
+    """Refuse a datagram or seqpacket pair whose queue holds messages no peek shows: an empty
+    message a program (or anyone) peeked at before is passed over by a peek at an offset
+    (skb->peeked), so it would be lost. Each end's send buffer memory (SIOCOUTQ, `sent`) is what
+    its messages queued on the other end take: more than the peeked ones (`msgs` of end `end`)
+    take, sent again from a scratch pair, tells. Once both ends are dumped."""
+    seen = d.scratch.setdefault(("unix-charged", obj), {})
+    seen[end] = (msgs, sent)
+    if len(seen) < 2:
+        return
+    for e in (0, 1):
+        want = unix_queue.charged(typ, seen[e][0])
+        if want is not None and seen[1 - e][1] > want:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a datagram socket pair with messages queued that a peek "
+                                            "does not show (an empty message peeked at before: MSG_PEEK): not "
+                                            "supported; let the program read its queue first")
 
 
 def inflight_mnts(objects: dict, entries: list[dict]) -> None:

@@ -95,7 +95,9 @@ def _precheck(d) -> None:
             name = unix.peer_name(d, s, k.typ, peer, k.diag if case == "embryo" else k.peer_diag, k.inflight)
             if case == "client":
                 entry.update({"connect": name, "_peer": f"{k.peer_netns}:{peer}"})
-        elif case == "pair":
+        if case in ("pair", "dangling", "backlog"):
+            unix_queue.refuse_passcred_queue(s, c, d.where)
+        if case == "pair":
             entry["_pair"] = (f"{k.peer_netns}:{k.peer}", k.typ)   # (for _refuse_outside_peers)
         elif case == "dangling":
             unix.refuse_dangling(k)

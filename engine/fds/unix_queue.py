@@ -68,16 +68,22 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
     # its sender's credentials (dropped here) and the end of file none.
     creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_SEQPACKET \
         and not s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
-    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    stream = s.type == socket.SOCK_STREAM
     if creds:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     out: list = []
     total = nfds = 0
+    # A peek at an offset passes over an empty message once it has been peeked at (the kernel's
+    # skb->peeked: a program's MSG_PEEK, the runner's, an earlier dump's): an empty message heading
+    # the queue was lost, and a datagram pair whose first message was empty (FIONREAD 0) lost its
+    # whole queue. A peek with no offset returns the head whatever it is: the first peek takes it
+    # so (and marks an empty one peeked: the walk at offsets after it passes over it).
+    head = not stream
     try:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1 if head else 0)
         while True:
             try:
-                data, anc, flags, _addr = s.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12),
-                                                    socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+                data, anc, flags, _addr = _recv_peek(s)
             except BlockingIOError:
                 break
             real = [c for c in anc if creds and c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)]
@@ -86,7 +92,15 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
             anc = [c for c in anc if c not in real]
             got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                    for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+            if head:
+                head = False
+                s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+                if data:   # (not empty: the walk from offset 0 gives it)
+                    for fd in got:
+                        os.close(fd)
+                    continue
             try:
+                refuse_creds(anc, d.where)
                 if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or any(
                         level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS for level, kind, _ in anc):
                     raise FdError(errno.EOPNOTSUPP, f"{d.where}: a queued message over 128 KiB, or with other "
@@ -102,9 +116,10 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
                     os.close(fd)
             nfds += len(got)
             total += len(data)
-            if not data:
-                # An empty message (the image keeps none), unless it is the queue's last one and
-                # carries fds, which it is when it brings the count of fds in flight to the kernel's.
+            if not data and stream:
+                # An empty segment of a stream: the queue's last one when it carries fds, which it is
+                # when it brings the count of fds in flight to the kernel's. (A datagram or seqpacket
+                # socket's empty messages are messages: kept.)
                 if got and nfds == inflight:
                     break
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: an empty message queued: not supported")
@@ -118,6 +133,27 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
     if nfds != inflight:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight, {nfds} found in its queue")
     return out
+
+
+def refuse_creds(anc: list, where: str) -> None:
+    """Refuse a queued message that carries its sender's credentials (its reader set SO_PASSCRED,
+    as journald's and sd_notify sockets do): restore would send it with the restorer's."""
+    if any(c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for c in anc):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: messages queued on a socket whose reader set SO_PASSCRED (each "
+                                        "carries its sender's credentials, which restore cannot give it): not "
+                                        "supported; let the program read its queue first")
+
+
+def refuse_passcred_queue(s: socket.socket, c: int, where: str) -> None:
+    """`refuse_creds` before the stop: datagram or seqpacket socket `s` (our copy `c`) with
+    SO_PASSCRED set and a message waiting (a peek: moves nothing; the tree runs)."""
+    if s.type != socket.SOCK_STREAM and s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) and waiting(s, c):
+        refuse_creds([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, b"")], where)
+
+
+def _recv_peek(s: socket.socket):
+    return s.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12),
+                     socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
 
 
 # Kinds whose whole state their fdinfo gives: dumped from our copy of one in flight as from the
@@ -355,6 +391,60 @@ def inq(fd: int) -> int:
     import fcntl
     import termios
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def waiting(s: socket.socket, c: int) -> bool:
+    """Does anything wait to be read on socket `s` (our copy `c`)? FIONREAD gives a datagram
+    socket's first message's length only: 0 when that one is empty, as with none at all. So a
+    datagram or seqpacket socket's head is peeked at (with no peek offset: an empty message
+    peeked at before is passed over at an offset); a seqpacket socket's end of file is told from an
+    empty message by SO_PASSCRED, set for the peek (a message carries credentials, it none)."""
+    if inq(c) or s.type == socket.SOCK_STREAM:
+        return inq(c) > 0
+    saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    seqpacket = s.type == socket.SOCK_SEQPACKET
+    creds = seqpacket and not s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
+    if creds:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    try:
+        data, anc, _flags, _addr = _recv_peek(s)
+    except OSError:
+        return False
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+        if creds:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
+                os.close(fd)
+    return not seqpacket or bool(data) or any(x[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for x in anc)
+
+
+def charged(typ: int, queue: list) -> int | None:
+    """The send buffer memory (SIOCOUTQ) the messages `queue` (dumped, base64) take while queued,
+    as this kernel counts it: sent from a scratch socket pair of type `typ`. None when a message
+    carries fds (not sent here). A pair end's own SIOCOUTQ is its messages queued on its peer:
+    more than those peeked means messages a peek passes over (empty ones peeked at before)."""
+    if any(isinstance(m, dict) for m in queue):
+        return None
+    a, b = socket.socketpair(socket.AF_UNIX, typ)
+    try:
+        a.setsockopt(socket.SOL_SOCKET, 32, 1 << 25)   # SO_SNDBUFFORCE: the whole queue fits
+        for m in queue:
+            a.send(binascii.a2b_base64(m), socket.MSG_DONTWAIT)
+        return outq(a.fileno())
+    finally:
+        a.close()
+        b.close()
+
+
+def outq(fd: int) -> int:
+    """The send buffer memory of socket `fd` taken by what it sent and nobody read (SIOCOUTQ)."""
+    import fcntl
+    import termios
+    return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
 def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]:
