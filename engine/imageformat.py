@@ -111,9 +111,13 @@ class Bad(Exception):
         self.where, self.why = where, why
 
 
-# F and Record are the tables' own entries, made once at import (~200 and ~30): by the generic
-# __init__ all of them, as compiling theirs cost ~6 M instructions (~1.5 ms) of every dump and restore.
-@records.record(frozen=True, compile_after=1 << 30)
+# F and Record are the tables' own entries, made once at import (236 and 31): each by its own
+# __init__ (records' generic one is ~100 interpreter steps an instance, ~2 ms of every dump and
+# restore; compiling one cost ~6 M instructions). tests/test_records.py holds them to their fields.
+_set = object.__setattr__
+
+
+@records.record(frozen=True, init=False)
 class F:
     """One field of a record: allowed JSON types (exact: a bool is no integer), required or not, rule."""
 
@@ -121,13 +125,22 @@ class F:
     required: bool = True
     rule: Rule | None = None
 
+    def __init__(self, types: tuple, required: bool = True, rule: Rule | None = None):
+        _set(self, "types", types)
+        _set(self, "required", required)
+        _set(self, "rule", rule)
 
-@records.record(frozen=True, compile_after=1 << 30)
+
+@records.record(frozen=True, init=False)
 class Record:
     """A kind of record: its name (for messages) and fields."""
 
     name: str
     fields: dict
+
+    def __init__(self, name: str, fields: dict):
+        _set(self, "name", name)
+        _set(self, "fields", fields)
 
     @property
     def required(self) -> frozenset:

@@ -226,12 +226,21 @@ def _frozen_delattr(self, name):
     raise FrozenError(f"cannot delete field {name!r} of a frozen {type(self).__name__}")
 
 
-def record(cls=None, *, frozen: bool = False, slots: bool = False, compile_after: int | None = None):
+def record(cls=None, *, frozen: bool = False, slots: bool = False, compile_after: int | None = None,
+           init: bool = True):
     """Class decorator: make `cls` a record of its annotated fields (see the module text).
-    `compile_after`: instances made by the generic __init__ before its own is compiled (_lazy_init)."""
+    `compile_after`: instances made by the generic __init__ before its own is compiled (_lazy_init).
+    `init=False` (as dataclasses has it): the class body's own __init__ stays, and sets the fields
+    itself (object.__setattr__ for a frozen record): for a class of many instances made while the
+    modules load (engine/imageformat.py's ~270 field entries), where the generic __init__ is ~100
+    interpreter steps an instance and a compiled one costs a compile."""
     def wrap(cls):
         flds = _all_fields(cls)
         methods = _methods(cls, flds, frozen, compile_after)
+        if not init:
+            if "__init__" not in cls.__dict__:
+                raise TypeError(f"{cls.__name__}: record(init=False) needs an __init__ of its own")
+            del methods["__init__"]
         for f in flds:   # methods and properties of the class stay; the field defaults live in __init__
             if f.name in cls.__dict__ and isinstance(cls.__dict__[f.name], Field):
                 delattr(cls, f.name)
