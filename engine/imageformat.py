@@ -144,8 +144,13 @@ class Record:
 
     @property
     def required(self) -> frozenset:
-        """The names of the fields an entry must have."""
-        return frozenset(k for k, f in self.fields.items() if f.required)
+        """The names of the fields an entry must have (found once: asked for every entry checked,
+        and no table changes once made)."""
+        got = self.__dict__.get("_required")
+        if got is None:
+            got = frozenset(k for k, f in self.fields.items() if f.required)
+            _set(self, "_required", got)
+        return got
 
 
 def _fail(msg: str):

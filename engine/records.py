@@ -23,7 +23,8 @@ through `__reduce__`, so frozen and slotted ones load too.
 
 from __future__ import annotations
 
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 
 _MISSING = object()
 
@@ -129,31 +130,43 @@ def _generic_init(flds: list[Field], frozen: bool):
     where a compile per class (~0.3 ms, ~9 classes) cost more than all their instances."""
     names = tuple(f.name for f in flds)
     index = {n: i for i, n in enumerate(names)}
+    every, by_name = index.keys(), _item_getter(names)   # (all by keyword: their values in order, in C)
     defaults = tuple((f.default, f.default_factory) for f in flds)
     put = object.__setattr__ if frozen else setattr
 
     def init(self, args, kwargs) -> bool:
         if len(args) > len(names):
             return False
-        vals = list(args) + [_MISSING] * (len(names) - len(args))
-        for k, v in kwargs.items():
-            i = index.get(k)
-            if i is None or i < len(args):
-                return False
-            vals[i] = v
-        for i, v in enumerate(vals):
-            if v is _MISSING:
-                default, factory = defaults[i]
-                if factory is not _MISSING:
-                    vals[i] = factory()
-                elif default is not _MISSING:
-                    vals[i] = default
-                else:
+        if not args and kwargs.keys() == every:   # (mountinfo's Mount, fdtable's DumpFd)
+            vals = by_name(kwargs)
+        else:
+            vals = list(args) + [_MISSING] * (len(names) - len(args))
+            for k, v in kwargs.items():
+                i = index.get(k)
+                if i is None or i < len(args):
                     return False
-        for name, v in zip(names, vals):
-            put(self, name, v)
+                vals[i] = v
+            if len(args) + len(kwargs) < len(names):   # (each keyword filled another field after args)
+                for i, v in enumerate(vals):
+                    if v is _MISSING:
+                        default, factory = defaults[i]
+                        if factory is not _MISSING:
+                            vals[i] = factory()
+                        elif default is not _MISSING:
+                            vals[i] = default
+                        else:
+                            return False
+        any(map(put, repeat(self), names, vals))   # (each put answers None: every field set, in C)
         return True
     return init
+
+
+def _item_getter(names: tuple[str, ...]):
+    """dict -> tuple of those keys' values (itemgetter, in C)."""
+    if not names:
+        return lambda d: ()
+    get = itemgetter(*names)
+    return get if len(names) > 1 else (lambda d: (get(d),))
 
 
 def _lazy_init(qualname: str, flds: list[Field], frozen: bool, after: int | None = None):

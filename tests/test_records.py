@@ -105,7 +105,9 @@ def _made(cls, args, kwargs):
 
 CALLS = [((), {}), (("x",), {}), (("x", True), {}), (("x",), {"items": frozenset({1})}),
          (("x", True, frozenset(), 5), {}), (("x", True, frozenset(), 5, 6), {}), (("x",), {"nope": 1}),
-         (("x",), {"name": "y"}), ((), {"name": "y", "extra": 0}), ((), {"flag": False})]
+         (("x",), {"name": "y"}), ((), {"name": "y", "extra": 0}), ((), {"flag": False}),
+         ((), {"extra": 1, "items": frozenset({2}), "flag": False, "name": "z"}),   # (every field by keyword)
+         ((), {"name": "z", "flag": False, "items": frozenset(), "extra": 1, "nope": 2})]
 
 
 def _fresh(name: str) -> type:
@@ -121,16 +123,16 @@ def test_the_first_instances_are_made_as_the_compiled_init_makes_them(monkeypatc
     for frozen in (True, False):
         monkeypatch.setattr(records, "_COMPILE_AFTER", 1000)
         loop = record(_fresh("L"), frozen=frozen)
-        well = [CALLS[i] for i in (1, 2, 3, 4, 8)]
-        assert [_made(loop, a, k)[0] for a, k in well] == ["ok"] * 5
-        assert loop.__init__.uses == 5, "the loop made the well-formed ones"
+        well = [CALLS[i] for i in (1, 2, 3, 4, 8, 10)]
+        assert [_made(loop, a, k)[0] for a, k in well] == ["ok"] * 6
+        assert loop.__init__.uses == 6, "the loop made the well-formed ones"
         generic = [_made(loop, a, k) for a, k in CALLS]   # (a refusal: compiled from there on, its message)
         monkeypatch.setattr(records, "_COMPILE_AFTER", 0)
         comp = record(_fresh("C"), frozen=frozen)
         compiled = [_made(comp, a, k) for a, k in CALLS]
         assert comp.__init__.__code__.co_filename.startswith("<record "), "compiled at the first"
         assert generic == compiled
-        assert sum(r[0] == "ok" for r in generic) == 5 and len({r[1] for r in generic if r[0] != "ok"}) == 4
+        assert sum(r[0] == "ok" for r in generic) == 6 and len({r[1] for r in generic if r[0] != "ok"}) == 4
         a, b = loop("x"), loop("x")
         assert a == b and a.items is not None and a.extra == 3
         if frozen:
