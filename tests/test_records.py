@@ -176,3 +176,28 @@ def test_a_class_may_keep_its_own_init():
             a.x = 1
     with pytest.raises(TypeError, match="init=False"):
         record(_fresh("N"), init=False)
+
+
+Pair = __import__("engine.records", fromlist=["named_tuple"]).named_tuple("Pair", "left right", __name__)
+
+
+def test_a_named_tuple_is_what_namedtuple_makes_for_the_engine_uses():
+    """records.named_tuple (engine/ctty.py's and engine/sessions.py's Plan): built from its values,
+    a tuple (index, slice, unpack, equality and hash), attributes by name, read-only, _fields,
+    _replace, namedtuple's repr, pickled by value as its own class; a wrong count or field refused."""
+    import collections
+    ref = collections.namedtuple("Pair", "left right")
+    p, r = Pair([1], {2: 3}), ref([1], {2: 3})
+    assert p == r and p == ([1], {2: 3}) and p[:1] == r[:1] and list(p) == list(r) and repr(p) == repr(r)
+    assert (p.left, p.right) == (r.left, r.right) and Pair._fields == ref._fields
+    assert hash(Pair(1, 2)) == hash(ref(1, 2))
+    q = p._replace(right=None)
+    assert type(q) is Pair and q == r._replace(right=None) and p.right == {2: 3}
+    back = pickle.loads(pickle.dumps(p))
+    assert type(back) is Pair and back == p
+    with pytest.raises(AttributeError):
+        p.left = 2
+    with pytest.raises(TypeError):
+        Pair(1)
+    with pytest.raises(ValueError):
+        p._replace(nope=1)
