@@ -129,33 +129,32 @@ def _generic_init(flds: list[Field], frozen: bool):
     Python's words). A small dump or restore makes a few instances of each of its record classes,
     where a compile per class (~0.3 ms, ~9 classes) cost more than all their instances."""
     names = tuple(f.name for f in flds)
-    index = {n: i for i, n in enumerate(names)}
-    every, by_name = index.keys(), _item_getter(names)   # (all by keyword: their values in order, in C)
-    defaults = tuple((f.default, f.default_factory) for f in flds)
+    every, by_name = dict.fromkeys(names).keys(), _item_getter(names)   # (values in field order, in C)
+    plain = {f.name: f.default for f in flds if f.default is not _MISSING and f.default_factory is _MISSING}
+    factories = tuple((f.name, f.default_factory) for f in flds if f.default_factory is not _MISSING)
     put = object.__setattr__ if frozen else setattr
 
     def init(self, args, kwargs) -> bool:
         if len(args) > len(names):
             return False
-        if not args and kwargs.keys() == every:   # (mountinfo's Mount, fdtable's DumpFd)
+        if not args and kwargs.keys() == every:   # (mountinfo's Mount)
             vals = by_name(kwargs)
-        else:
-            vals = list(args) + [_MISSING] * (len(names) - len(args))
-            for k, v in kwargs.items():
-                i = index.get(k)
-                if i is None or i < len(args):
-                    return False
-                vals[i] = v
-            if len(args) + len(kwargs) < len(names):   # (each keyword filled another field after args)
-                for i, v in enumerate(vals):
-                    if v is _MISSING:
-                        default, factory = defaults[i]
-                        if factory is not _MISSING:
-                            vals[i] = factory()
-                        elif default is not _MISSING:
-                            vals[i] = default
-                        else:
-                            return False
+        elif len(args) == len(names) and not kwargs:
+            vals = args
+        else:   # by dict operations (in C) rather than a loop over the fields
+            given = dict(zip(names, args))
+            if kwargs:
+                if not kwargs.keys() <= every or not given.keys().isdisjoint(kwargs):
+                    return False   # (an unknown keyword, or one for a field given by position)
+                given.update(kwargs)
+            if len(given) < len(names):
+                given = {**plain, **given}
+                for name, factory in factories:   # (a fresh value each, in field order)
+                    if name not in given:
+                        given[name] = factory()
+                if len(given) < len(names):
+                    return False   # (a field without a default not given)
+            vals = by_name(given)
         any(map(put, repeat(self), names, vals))   # (each put answers None: every field set, in C)
         return True
     return init
