@@ -23,10 +23,11 @@ through `__reduce__`, so frozen and slotted ones load too.
 
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import compress, repeat
 from operator import attrgetter, itemgetter
 
 _MISSING = object()
+_NAME, _COMPARE, _REPR = attrgetter("name"), attrgetter("compare"), attrgetter("repr")   # (of a Field)
 
 
 class FrozenError(AttributeError):
@@ -128,7 +129,7 @@ def _generic_init(flds: list[Field], frozen: bool):
     False, having set nothing, on a call the compiled one refuses (which then says why, in
     Python's words). A small dump or restore makes a few instances of each of its record classes,
     where a compile per class (~0.3 ms, ~9 classes) cost more than all their instances."""
-    names = tuple(f.name for f in flds)
+    names = tuple(map(_NAME, flds))
     every, by_name = dict.fromkeys(names).keys(), _item_getter(names)   # (values in field order, in C)
     plain = {f.name: f.default for f in flds if f.default is not _MISSING and f.default_factory is _MISSING}
     factories = tuple((f.name, f.default_factory) for f in flds if f.default_factory is not _MISSING)
@@ -196,13 +197,13 @@ def _lazy_init(qualname: str, flds: list[Field], frozen: bool, after: int | None
 def _methods(cls, flds: list[Field], frozen: bool, compile_after: int | None = None) -> dict:
     """__init__ is generated (one compile per class, on its first instance); the other methods are
     shared, reading the fields through attrgetters."""
-    names = tuple(f.name for f in flds)
+    names = tuple(map(_NAME, flds))   # (map, compress: in C, for each record class made at import)
     out = {"__init__": _lazy_init(cls.__qualname__, flds, frozen, compile_after), "__repr__": _repr, "__eq__": _eq,
            "__reduce__": _reduce,
            "__record_fields__": tuple(flds), "__record_names__": names,
            "_record_all": staticmethod(_getter(names)),
-           "_record_key": staticmethod(_getter(tuple(f.name for f in flds if f.compare))),
-           "_record_shown": tuple(f.name for f in flds if f.repr)}
+           "_record_key": staticmethod(_getter(tuple(compress(names, map(_COMPARE, flds))))),
+           "_record_shown": tuple(compress(names, map(_REPR, flds)))}
     if frozen:
         out["__hash__"] = _hash
         out["__setattr__"] = _frozen_setattr
