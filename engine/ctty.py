@@ -34,7 +34,8 @@ from engine import records
 # late   the pids whose stand-ins are forked once their leaders took their terminals, parents first
 # takes  the leaders that take their terminal before any late stand-in is forked from them
 # problem   (pid, why) of the first process whose terminal cannot be made, or None
-Plan = records.named_tuple("Plan", "late takes problem", __name__)
+Plan = records.named_tuple("Plan", "late takes problem", __name__,
+                          "Which stand-ins are forked late and which leaders take their terminal first (`plan`).")
 
 
 def tty_nr(pid: int) -> int:

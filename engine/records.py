@@ -279,12 +279,12 @@ def _own_fields_after(cls, flds: list[Field]) -> list[Field]:
     return [f for f in flds if f.name not in inherited]
 
 
-def named_tuple(name: str, names: str, module: str) -> type:
+def named_tuple(name: str, names: str, module: str, doc: str) -> type:
     """A tuple class with named fields, as collections.namedtuple makes one for these uses: built
     from its values in order, indexed, unpacked and compared as a tuple, each field an attribute,
     `_fields`, `_replace(**changes)`, repr `Name(a=1, b=2)`, pickled by value; without namedtuple's
     compile of a `__new__` (~1,900 interpreter steps and ~0.4 M instructions a class at import).
-    `module`: the defining module's __name__ (pickle finds the class there)."""
+    `module`: the defining module's __name__ (pickle finds the class there); `doc`: its docstring."""
     fields_ = tuple(names.split())
 
     def __new__(cls, *values):
@@ -304,7 +304,7 @@ def named_tuple(name: str, names: str, module: str) -> type:
     def __getnewargs__(self) -> tuple:
         return tuple(self)
 
-    body = {"__slots__": (), "__module__": module, "__qualname__": name, "__new__": __new__, "_fields": fields_,
+    body = {"__slots__": (), "__module__": module, "__qualname__": name, "__doc__": doc, "__new__": __new__, "_fields": fields_,
             "_replace": _replace, "__repr__": __repr__, "__getnewargs__": __getnewargs__,
             **{f: property(itemgetter(i)) for i, f in enumerate(fields_)}}
     return type(name, (tuple,), body)

@@ -178,7 +178,7 @@ def test_a_class_may_keep_its_own_init():
         record(_fresh("N"), init=False)
 
 
-Pair = __import__("engine.records", fromlist=["named_tuple"]).named_tuple("Pair", "left right", __name__)
+Pair = __import__("engine.records", fromlist=["named_tuple"]).named_tuple("Pair", "left right", __name__, "Two values.")
 
 
 def test_a_named_tuple_is_what_namedtuple_makes_for_the_engine_uses():
