@@ -26,15 +26,17 @@ had not (a member that left it with TIOCNOTTY, forked late).
 
 from __future__ import annotations
 
-import collections
 import os
 import stat
 from engine import procstat
 
+from engine import records
+
 # late   the pids whose stand-ins are forked once their leaders took their terminals, parents first
 # takes  the leaders that take their terminal before any late stand-in is forked from them
 # problem   (pid, why) of the first process whose terminal cannot be made, or None
-Plan = collections.namedtuple("Plan", "late takes problem")
+Plan = records.named_tuple("Plan", "late takes problem", __name__,
+                          "Which stand-ins are forked late and which leaders take their terminal first (`plan`).")
 
 
 def tty_nr(pid: int) -> int:

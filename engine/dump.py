@@ -30,8 +30,8 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, procstat, shmattach,
-                    sysvipc, userns_cr, zombies)
+from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, procstat, sysvipc,
+                    userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -1038,8 +1038,10 @@ def _collect_processes(d: _Dump) -> None:
             except OSError as e:
                 raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
         segments = {s["id"] for s in d.sysvipc.get(ipc, {}).get("shm", ())}
-        if segments and (attached := shmattach.read(p["pid"], segments)):
-            p["shm"] = attached
+        if segments:
+            from engine import shmattach   # (a tree with System V segments alone; read from here, the host's /proc)
+            if attached := shmattach.read(p["pid"], segments):
+                p["shm"] = attached
         net = p["ns"]["net"]
         if net not in nets and net not in d.netvars and "net" not in p["host_ns"]:
             nets[net] = p["pid"]

@@ -111,9 +111,13 @@ class Bad(Exception):
         self.where, self.why = where, why
 
 
-# F and Record are the tables' own entries, made once at import (~200 and ~30): by the generic
-# __init__ all of them, as compiling theirs cost ~6 M instructions (~1.5 ms) of every dump and restore.
-@records.record(frozen=True, compile_after=1 << 30)
+# F and Record are the tables' own entries, made once at import (236 and 31): each by its own
+# __init__ (records' generic one is ~100 interpreter steps an instance, ~2 ms of every dump and
+# restore; compiling one cost ~6 M instructions). tests/test_records.py holds them to their fields.
+_set = object.__setattr__
+
+
+@records.record(frozen=True, init=False)
 class F:
     """One field of a record: allowed JSON types (exact: a bool is no integer), required or not, rule."""
 
@@ -121,18 +125,32 @@ class F:
     required: bool = True
     rule: Rule | None = None
 
+    def __init__(self, types: tuple, required: bool = True, rule: Rule | None = None):
+        _set(self, "types", types)
+        _set(self, "required", required)
+        _set(self, "rule", rule)
 
-@records.record(frozen=True, compile_after=1 << 30)
+
+@records.record(frozen=True, init=False)
 class Record:
     """A kind of record: its name (for messages) and fields."""
 
     name: str
     fields: dict
 
+    def __init__(self, name: str, fields: dict):
+        _set(self, "name", name)
+        _set(self, "fields", fields)
+
     @property
     def required(self) -> frozenset:
-        """The names of the fields an entry must have."""
-        return frozenset(k for k, f in self.fields.items() if f.required)
+        """The names of the fields an entry must have (found once: asked for every entry checked,
+        and no table changes once made)."""
+        got = self.__dict__.get("_required")
+        if got is None:
+            got = frozenset(k for k, f in self.fields.items() if f.required)
+            _set(self, "_required", got)
+        return got
 
 
 def _fail(msg: str):
@@ -337,9 +355,10 @@ def _slow(rec: Record, what: str, key: str, v) -> None:
 def _unknown_or_missing(rec: Record, obj, what: str) -> None:
     if type(obj) is not dict:
         _where(what, "", f"must be an object ({rec.name})")
-    for k in obj:
-        if k not in rec.fields:
-            _where(what, "", f"unknown field {str(k)[:40]!r} in {rec.name}")
+    if not obj.keys() <= rec.fields.keys():   # (one set test; the loop names the first unknown one)
+        for k in obj:
+            if k not in rec.fields:
+                _where(what, "", f"unknown field {str(k)[:40]!r} in {rec.name}")
     missing = rec.required - obj.keys()
     if missing:
         _where(what, min(missing), "is missing")

@@ -23,9 +23,11 @@ through `__reduce__`, so frozen and slotted ones load too.
 
 from __future__ import annotations
 
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, itemgetter
 
 _MISSING = object()
+_NAME, _COMPARE, _REPR = attrgetter("name"), attrgetter("compare"), attrgetter("repr")   # (of a Field)
 
 
 class FrozenError(AttributeError):
@@ -127,33 +129,44 @@ def _generic_init(flds: list[Field], frozen: bool):
     False, having set nothing, on a call the compiled one refuses (which then says why, in
     Python's words). A small dump or restore makes a few instances of each of its record classes,
     where a compile per class (~0.3 ms, ~9 classes) cost more than all their instances."""
-    names = tuple(f.name for f in flds)
-    index = {n: i for i, n in enumerate(names)}
-    defaults = tuple((f.default, f.default_factory) for f in flds)
+    names = tuple(map(_NAME, flds))
+    every, by_name = dict.fromkeys(names).keys(), _item_getter(names)   # (values in field order, in C)
+    plain = {f.name: f.default for f in flds if f.default is not _MISSING and f.default_factory is _MISSING}
+    factories = tuple((f.name, f.default_factory) for f in flds if f.default_factory is not _MISSING)
     put = object.__setattr__ if frozen else setattr
 
     def init(self, args, kwargs) -> bool:
         if len(args) > len(names):
             return False
-        vals = list(args) + [_MISSING] * (len(names) - len(args))
-        for k, v in kwargs.items():
-            i = index.get(k)
-            if i is None or i < len(args):
-                return False
-            vals[i] = v
-        for i, v in enumerate(vals):
-            if v is _MISSING:
-                default, factory = defaults[i]
-                if factory is not _MISSING:
-                    vals[i] = factory()
-                elif default is not _MISSING:
-                    vals[i] = default
-                else:
-                    return False
-        for name, v in zip(names, vals):
-            put(self, name, v)
+        if not args and kwargs.keys() == every:   # (mountinfo's Mount)
+            vals = by_name(kwargs)
+        elif len(args) == len(names) and not kwargs:
+            vals = args
+        else:   # by dict operations (in C) rather than a loop over the fields
+            given = dict(zip(names, args))
+            if kwargs:
+                if not kwargs.keys() <= every or not given.keys().isdisjoint(kwargs):
+                    return False   # (an unknown keyword, or one for a field given by position)
+                given.update(kwargs)
+            if len(given) < len(names):
+                given = {**plain, **given}
+                for name, factory in factories:   # (a fresh value each, in field order)
+                    if name not in given:
+                        given[name] = factory()
+                if len(given) < len(names):
+                    return False   # (a field without a default not given)
+            vals = by_name(given)
+        any(map(put, repeat(self), names, vals))   # (each put answers None: every field set, in C)
         return True
     return init
+
+
+def _item_getter(names: tuple[str, ...]):
+    """dict -> tuple of those keys' values (itemgetter, in C)."""
+    if not names:
+        return lambda d: ()
+    get = itemgetter(*names)
+    return get if len(names) > 1 else (lambda d: (get(d),))
 
 
 def _lazy_init(qualname: str, flds: list[Field], frozen: bool, after: int | None = None):
@@ -184,13 +197,13 @@ def _lazy_init(qualname: str, flds: list[Field], frozen: bool, after: int | None
 def _methods(cls, flds: list[Field], frozen: bool, compile_after: int | None = None) -> dict:
     """__init__ is generated (one compile per class, on its first instance); the other methods are
     shared, reading the fields through attrgetters."""
-    names = tuple(f.name for f in flds)
+    names = tuple(map(_NAME, flds))   # (map, compress: in C, for each record class made at import)
     out = {"__init__": _lazy_init(cls.__qualname__, flds, frozen, compile_after), "__repr__": _repr, "__eq__": _eq,
            "__reduce__": _reduce,
            "__record_fields__": tuple(flds), "__record_names__": names,
            "_record_all": staticmethod(_getter(names)),
-           "_record_key": staticmethod(_getter(tuple(f.name for f in flds if f.compare))),
-           "_record_shown": tuple(f.name for f in flds if f.repr)}
+           "_record_key": staticmethod(_getter(tuple(compress(names, map(_COMPARE, flds))))),
+           "_record_shown": tuple(compress(names, map(_REPR, flds)))}
     if frozen:
         out["__hash__"] = _hash
         out["__setattr__"] = _frozen_setattr
@@ -226,12 +239,21 @@ def _frozen_delattr(self, name):
     raise FrozenError(f"cannot delete field {name!r} of a frozen {type(self).__name__}")
 
 
-def record(cls=None, *, frozen: bool = False, slots: bool = False, compile_after: int | None = None):
+def record(cls=None, *, frozen: bool = False, slots: bool = False, compile_after: int | None = None,
+           init: bool = True):
     """Class decorator: make `cls` a record of its annotated fields (see the module text).
-    `compile_after`: instances made by the generic __init__ before its own is compiled (_lazy_init)."""
+    `compile_after`: instances made by the generic __init__ before its own is compiled (_lazy_init).
+    `init=False` (as dataclasses has it): the class body's own __init__ stays, and sets the fields
+    itself (object.__setattr__ for a frozen record): for a class of many instances made while the
+    modules load (engine/imageformat.py's ~270 field entries), where the generic __init__ is ~100
+    interpreter steps an instance and a compiled one costs a compile."""
     def wrap(cls):
         flds = _all_fields(cls)
         methods = _methods(cls, flds, frozen, compile_after)
+        if not init:
+            if "__init__" not in cls.__dict__:
+                raise TypeError(f"{cls.__name__}: record(init=False) needs an __init__ of its own")
+            del methods["__init__"]
         for f in flds:   # methods and properties of the class stay; the field defaults live in __init__
             if f.name in cls.__dict__ and isinstance(cls.__dict__[f.name], Field):
                 delattr(cls, f.name)
@@ -255,3 +277,34 @@ def _own_fields_after(cls, flds: list[Field]) -> list[Field]:
     for base in cls.__mro__[1:]:
         inherited.update(base.__dict__.get("__slots__", ()))
     return [f for f in flds if f.name not in inherited]
+
+
+def named_tuple(name: str, names: str, module: str, doc: str) -> type:
+    """A tuple class with named fields, as collections.namedtuple makes one for these uses: built
+    from its values in order, indexed, unpacked and compared as a tuple, each field an attribute,
+    `_fields`, `_replace(**changes)`, repr `Name(a=1, b=2)`, pickled by value; without namedtuple's
+    compile of a `__new__` (~1,900 interpreter steps and ~0.4 M instructions a class at import).
+    `module`: the defining module's __name__ (pickle finds the class there); `doc`: its docstring."""
+    fields_ = tuple(names.split())
+
+    def __new__(cls, *values):
+        if len(values) != len(fields_):
+            raise TypeError(f"{name}() takes {len(fields_)} values ({len(values)} given)")
+        return tuple.__new__(cls, values)
+
+    def _replace(self, **changes):
+        unknown = changes.keys() - fields_
+        if unknown:
+            raise ValueError(f"{name} has no field {min(unknown)!r}")
+        return tuple.__new__(type(self), [changes.get(f, v) for f, v in zip(fields_, self)])
+
+    def __repr__(self) -> str:
+        return f"{name}({', '.join(f'{f}={v!r}' for f, v in zip(fields_, self))})"
+
+    def __getnewargs__(self) -> tuple:
+        return tuple(self)
+
+    body = {"__slots__": (), "__module__": module, "__qualname__": name, "__doc__": doc, "__new__": __new__, "_fields": fields_,
+            "_replace": _replace, "__repr__": __repr__, "__getnewargs__": __getnewargs__,
+            **{f: property(itemgetter(i)) for i, f in enumerate(fields_)}}
+    return type(name, (tuple,), body)

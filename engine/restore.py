@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import contextlib
 import errno
 import functools
 import gc
@@ -610,6 +609,21 @@ class _Here:
 
 
 _HERE = _Here()
+
+
+class _SameIds:
+    """``with``: nothing changes (the ids a file is made with stay the restorer's). Not
+    contextlib.nullcontext: contextlib's abstract classes are ~4 M instructions of every restore's
+    imports, for this one place."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_SAME_IDS = _SameIds()
 
 
 class _Restorer:
@@ -1853,9 +1867,7 @@ class _Restorer:
         owner = self.doc["superblocks"][g["sb"]].get("owner")
         ids = None if owner is None else self.users.writer_ids(owner)
         try:
-            with contextlib.ExitStack() as as_ids:
-                if ids is not None:
-                    as_ids.enter_context(kernel.fs_ids_for_a_while(*ids))
+            with _SAME_IDS if ids is None else kernel.fs_ids_for_a_while(*ids):
                 from engine import ghosts   # (loaded by _load_for)
                 ghost = self.ghost_live[gid] = ghosts.Ghost(
                     base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,

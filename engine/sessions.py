@@ -26,10 +26,11 @@ tree is not a job of `mntcr restore`).
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
 from engine import procstat
+
+from engine import records
 
 
 def read(pid: int) -> tuple[int, int]:
@@ -148,7 +149,8 @@ def _comm(pid: int) -> str:
 #            its parent's stand-in, a child subreaper meanwhile, adopts it (CRIU's session helper)
 #   order    the pids in the order their stand-ins are made: parents first, an adopted process
 #            (and its descendants) after its session's leader
-Plan = collections.namedtuple("Plan", "setsid now later problem orphans adopt order")
+Plan = records.named_tuple("Plan", "setsid now later problem orphans adopt order", __name__,
+                          "How the stand-ins make the image's sessions and process groups (`plan`).")
 
 
 def plan(procs: list[dict]):

@@ -68,6 +68,7 @@ def test_a_dump_without_sockets_loads_no_socket_module(case):
     assert [m for m in _SOCKET_ONLY if m in mods] == []
     assert [m for m in _USERNS_ONLY if m in mods] == [], "a tree without user namespaces"
     assert "engine.standin" not in mods   # (restore's stand-ins: the block types load it only to make one)
+    assert "engine.shmattach" not in mods   # (a tree with System V shared memory segments alone)
     # (engine/rx.py: the patterns from their kept code, where the interpreter's _sre is the table's;
     # base64 and shlex import re)
     assert [m for m in ("re", "enum", "base64", "shlex") if m in mods and (m not in ("re", "enum") or _rx_current())] == []

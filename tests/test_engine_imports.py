@@ -31,7 +31,9 @@ _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site"
           # the engine's modules take the signal numbers and calls from _signal (signal.py's enum
           # classes: ~2.5 M instructions of each verb's imports); fds and fs load their modules by
           # __import__ (importlib's package, which loads warnings: ~1.4 M)
-          "signal", "importlib")
+          "signal", "importlib",
+          # its abstract context manager classes: ~2 M instructions of a restore, for one ExitStack
+          "contextlib")
 
 
 def _modules(code: str) -> list[str]:

@@ -144,3 +144,24 @@ def test_feature_lists_keep_files_of_their_own(cache):
     assert probecache.store(k_other, {n: ALL[n] for n in other}, {})
     assert probecache.file_name(NAMES) != probecache.file_name(other)
     assert probecache.load(k) == ALL and probecache.load(k_other) == {n: ALL[n] for n in other}
+
+
+def test_the_key_reads_the_status_lines_as_a_parse_of_every_line(monkeypatch, tmp_path):
+    """key() looks CapEff and Seccomp up where their lines start: the values a parse of every line
+    gives (this process's own status, and a status whose asked lines are first, last and absent)."""
+    lines = {}
+    with open("/proc/self/status") as f:
+        for line in f.read().strip().splitlines():
+            name, _, value = line.partition(":")
+            lines[name] = value.strip()
+    k = probecache.key(NAMES)
+    assert (k["capeff"], k["seccomp"]) == (lines["CapEff"], lines["Seccomp"]) and k["seccomp"] is not None
+    fake = tmp_path / "status"
+    real_open = open
+    for text, want in (("CapEff:\t00ff\nSeccomp_filters:\t1\nSeccomp:\t2", ("00ff", "2")),
+                       ("Name:\tx\nSeccomp_filters:\t1\n", (None, None))):
+        fake.write_text(text)
+        monkeypatch.setattr("builtins.open", lambda p, *a, **kw: real_open(fake if p == "/proc/self/status" else p, *a, **kw))
+        got = probecache.key(NAMES)
+        monkeypatch.undo()
+        assert (got["capeff"], got["seccomp"]) == want, text
