@@ -170,31 +170,13 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
         for path, mnt, link, *_ in data["maps"]:
             visible = None
             if mnt not in ids and not path.endswith(kernel.DELETED):
-                # (its name as the mapping's own mount gives it, relative to that mount's root when
-                # its namespace is gone: /bin/unshare of a /usr mount, reached here through a symlink;
-                # the visible mount has it at its real path)
-                found = _visible(hostproc, f"{pid}/{link}", path, devs)
-                if found is not None:
-                    path, visible = found
+                try:
+                    want, here = os.stat(f"{pid}/{link}", dir_fd=hostproc), os.stat(path)
+                    mid = kernel.statx_mnt_id(path)
+                    if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and \
+                            devs.get(mid) == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
+                        visible = mid
+                except OSError:
+                    pass
             maps.append((path, mnt, link, visible))
         data["maps"] = maps
-        # Its executable likewise (`unshare -m unshare -m ...`: the waiting unshare runs a file of a
-        # mount namespace gone since): the visible mount and real path, else it is not restored.
-        if data.get("exe") and data["exe"][1] not in ids:
-            found = _visible(hostproc, f"{pid}/exe", data["exe"][0], devs)
-            if found is not None:
-                data["exe"] = found
-
-
-def _visible(hostproc: int, link: str, path: str, devs: dict) -> tuple[str, int] | None:
-    """(real path, mount id) of the file /proc/`link` is when `path` reaches that same file here on a
-    mount of this namespace (`devs`: mount id -> device), else None."""
-    try:
-        want, here = os.stat(link, dir_fd=hostproc), os.stat(path)
-        mid = kernel.statx_mnt_id(path)
-    except OSError:
-        return None
-    if (here.st_dev, here.st_ino) != (want.st_dev, want.st_ino) or \
-            devs.get(mid) != f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
-        return None
-    return os.path.realpath(path), mid

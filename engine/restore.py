@@ -2638,7 +2638,6 @@ class _Restorer:
         for p in self.doc["processes"]:
             self._enter(p)
         try:
-            self.users.send_outer_maps(self.chans)
             self._fds.prepare(self.doc["processes"], self.chans)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None
