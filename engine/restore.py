@@ -372,6 +372,7 @@ def _load_for(doc: dict) -> None:
         # (a stand-in that executes the interpreter again inside its user namespace; the host's view
         # of what that reads is taken as this imports, before anything of the image is mounted)
         from engine import reexec  # noqa: F401
+        from engine.fds import unix_bind  # noqa: F401  (a stand-in in a nested user namespace: op_outer_maps)
     if doc.get("sysvipc"):
         from engine import sysvipc  # noqa: F401
     if doc.get("ghosts"):
@@ -2638,6 +2639,7 @@ class _Restorer:
         for p in self.doc["processes"]:
             self._enter(p)
         try:
+            self.users.send_outer_maps(self.chans)
             self._fds.prepare(self.doc["processes"], self.chans)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None

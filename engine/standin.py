@@ -673,6 +673,13 @@ class _Server:
         self.installed.add(self.exe_fd)
         return None
 
+    def op_outer_maps(self, msg, fds):
+        """Our user namespace's maps in the image's frame (msg[1], msg[2]): it is nested in another,
+        where /proc/self/uid_map names ids relative to the parent (engine/fds/unix_bind.py)."""
+        from engine.fds import unix_bind
+        unix_bind.set_outer_maps(msg[1], msg[2])
+        return None
+
     def op_become(self, msg, fds):
         """Last request but detach: join the process's user namespace with its ids there (its
         seccomp filters installed in between: joined, we hold CAP_SYS_ADMIN there)."""

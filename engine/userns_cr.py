@@ -1249,6 +1249,16 @@ class Rebuild:
                                   creds and creds.get("dumpable"), _keeps(p)),
                                  [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
 
+    def send_outer_maps(self, chans: dict) -> None:
+        """Before the fds: each stand-in in a nested user namespace gets that namespace's maps as the
+        image has them (the restorer's frame), which it cannot read itself: /proc/self/uid_map shows
+        them relative to the parent. An inet socket's owner (rootless podman's --userns=keep-id, a
+        user namespace inside a container's) was "not mapped in the process's user namespace"."""
+        for pid, name in self._started_in().items():
+            rec = self.users.get(name) if name is not None else None
+            if rec is not None and rec.get("parent") is not None and pid in chans:
+                chans[pid].call(("outer_maps", rec["uid_map"], rec["gid_map"]), [])
+
     def _started_in(self) -> dict[int, str | None]:
         """{pid: the user namespace its stand-in is in until `become`}: the one `spawn_in` starts it
         in, else its parent stand-in's (a fork stays in it); None for the restorer's."""

@@ -34,10 +34,25 @@ def name_of(raw) -> dict:
 MAGIC = rx.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
 
 
+# A stand-in in a nested user namespace: its maps as the image names the ids, the restorer's (the
+# dumper's) frame, which /proc/self reads only relative to the parent namespace (`set_outer_maps`).
+_OUTER: dict[str, list[tuple[int, int, int]]] = {}
+
+
+def set_outer_maps(uid_map, gid_map) -> None:
+    """In a stand-in whose user namespace is nested in another: its maps in the image's frame (the
+    restorer sends them, engine/userns_cr.py send_outer_maps), so that `_map` names an image's
+    owner ids (a socket's sk_uid, a socket file's owner) as they are, not relative to the parent."""
+    _OUTER["uid_map"] = [tuple(r) for r in uid_map]
+    _OUTER["gid_map"] = [tuple(r) for r in gid_map]
+
+
 def _map(map_name: str, proc: int = -1) -> list[tuple[int, int, int]]:
     """Our user namespace's map /proc/self/`map_name` (read from inside: outside ids relative to
-    its parent, the initial namespace for a first-level one). `proc`: an fd on /proc, where our
-    "/" has none (the restorer's yard)."""
+    its parent, the initial namespace for a first-level one; a nested one's as the restorer sent it,
+    `set_outer_maps`). `proc`: an fd on /proc, where our "/" has none (the restorer's yard)."""
+    if proc < 0 and map_name in _OUTER:
+        return list(_OUTER[map_name])
     path = f"/proc/self/{map_name}" if proc < 0 else f"self/{map_name}"
     with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=None if proc < 0 else proc)) as f:
         return [tuple(int(x) for x in line.split()) for line in f]
