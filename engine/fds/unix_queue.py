@@ -90,8 +90,7 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
             if creds and not real and not data and not anc:
                 break   # (the end of file)
             anc = [c for c in anc if c not in real]
-            got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-                   for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+            got = passed_fds(anc)
             if head:
                 head = False
                 s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
@@ -149,6 +148,12 @@ def refuse_passcred_queue(s: socket.socket, c: int, where: str) -> None:
     SO_PASSCRED set and a message waiting (a peek: moves nothing; the tree runs)."""
     if s.type != socket.SOCK_STREAM and s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) and waiting(s, c):
         refuse_creds([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, b"")], where)
+
+
+def passed_fds(anc: list, kind: int = socket.SCM_RIGHTS) -> list[int]:
+    """The fds a received message's ancillary data `anc` handed us as `kind` (SCM_RIGHTS, SCM_PIDFD)."""
+    return [fd for level, k, raw in anc if level == socket.SOL_SOCKET and k == kind
+            for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
 
 
 def _recv_peek(s: socket.socket):
@@ -227,9 +232,7 @@ def refuse_head_inflight(d, s: socket.socket, selves=()) -> None:
                                               socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
     except BlockingIOError:
         return   # (read meanwhile)
-    got, pidfds = ([fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == which
-                    for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
-                   for which in (socket.SCM_RIGHTS, SCM_PIDFD))
+    got, pidfds = passed_fds(anc), passed_fds(anc, SCM_PIDFD)
     try:
         for fd in got:
             inflight_kind(d, fd, os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_mode, selves)
@@ -415,10 +418,8 @@ def waiting(s: socket.socket, c: int) -> bool:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
         if creds:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
-    for level, kind, raw in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
-                os.close(fd)
+    for fd in passed_fds(anc):
+        os.close(fd)
     return not seqpacket or bool(data) or any(x[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for x in anc)
 
 
