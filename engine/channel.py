@@ -158,7 +158,7 @@ def _fork(fn, args) -> tuple[int, Channel]:
     return pid, parent
 
 
-def _next(chan: Channel) -> tuple[object, list[int]]:
+def next_message(chan: Channel) -> tuple[object, list[int]]:
     """The helper's next message; its error or death as OSError."""
     try:
         msg, fds = chan.recv()
@@ -180,7 +180,7 @@ def fork_stream(fn, *args):
     pid, chan = _fork(fn, args)
     try:
         while True:
-            msg, fds = _next(chan)
+            msg, fds = next_message(chan)
             if msg == "done":
                 return
             yield msg, fds
@@ -199,7 +199,7 @@ class Pending:
 
     def recv(self) -> tuple[object, list[int]]:
         """Its next message; its error or death as OSError."""
-        return _next(self.chan)
+        return next_message(self.chan)
 
     def reap(self) -> None:
         """Close our end and wait for it to exit (once)."""

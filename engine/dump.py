@@ -453,6 +453,7 @@ class _Dump:
         self.users: dict = {}                             # user namespaces (engine/userns_cr.py plan)
         self.by_mntns: dict[int, list[int]] = {}          # mount namespace inode -> its processes
         self.ns_data: dict[int, dict] = {}                # mount namespace inode -> what nsinspect.inspect_ns read
+        self.kept: dict[int, nscopy.Kept] = {}            # mount namespace inode -> the helper that read it (until archived)
         # _record_mounts
         self.superblocks: dict[str, dict] = {}
         self.sb_of_dev: dict[str, str] = {}
@@ -505,17 +506,21 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     d.shell_job = shell_job
     d.ext_veths = ext_veths or {}
     d.dead = list(dead)
-    _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
-    _record_mounts(d)           # 3. superblocks and mount entries (idmaps, superblock owners, locks)
-    _settle_externals(d)        #    which mounts and superblocks come from outside the dump
-    _plan_devices(d)            #    block devices: declared external or resolved by their type
-    _mark_outside_roots(d)      #    namespace roots the restore is given (--root)
-    _refuse_undumpable(d)       #    types, roots and devices nothing can make again
-    _check_external_binds(d)    #    other mounts of external superblocks lie in an external one
-    _plan_superblocks(d)        #    sources, sharing, each type's own plan
-    _plan_clones(d)             # 4. which mounts to clone: archives, ghosts, probes
-    _record_pid_namespaces(d)
-    _archive_contents(d)        #    clone them from namespace copies and archive their files
+    try:
+        _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
+        _record_mounts(d)           # 3. superblocks and mount entries (idmaps, superblock owners, locks)
+        _settle_externals(d)        #    which mounts and superblocks come from outside the dump
+        _plan_devices(d)            #    block devices: declared external or resolved by their type
+        _mark_outside_roots(d)      #    namespace roots the restore is given (--root)
+        _refuse_undumpable(d)       #    types, roots and devices nothing can make again
+        _check_external_binds(d)    #    other mounts of external superblocks lie in an external one
+        _plan_superblocks(d)        #    sources, sharing, each type's own plan
+        _plan_clones(d)             # 4. which mounts to clone: archives, ghosts, probes
+        _record_pid_namespaces(d)
+        _archive_contents(d)        #    clone them from namespace copies and archive their files
+    finally:
+        for kept in d.kept.values():   # (the helpers of namespaces nothing was cloned from, or a refusal's)
+            kept.close()
     _name_ghosts(d)
     _collect_processes(d)       # 5. fds by kind, hostnames, detached mounts
     try:
@@ -551,7 +556,9 @@ def _inspect_namespaces(d: _Dump) -> None:
     for ino, members in d.by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
-            d.ns_data[ino] = forkrun.run(nsinspect.inspect_ns, fd, members, by_statmount)
+            # (its helper stays for the clones _archive_contents asks of the namespace: one fork less)
+            d.kept[ino] = nscopy.Kept(fd, members, nsinspect.inspect_ns, by_statmount)
+            d.ns_data[ino] = d.kept[ino].result
         finally:
             os.close(fd)
         d.ns_data[ino]["mounts"] = mountinfo.parse(d.ns_data[ino].pop("mountinfo"), d.ns_data[ino]["unique"])
@@ -896,7 +903,7 @@ def _archive_contents(d: _Dump) -> None:
             try:
                 others = [(d.by_mntns[o], d.ns_data[o]["mounts"]) for o in d.by_mntns if o != ino]
                 for mids, fds in nscopy.stream(fd, d.by_mntns[ino], wanted, d.ns_data[ino]["mounts"], others,
-                                               beneath):
+                                               beneath, d.kept.get(ino)):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):

@@ -66,7 +66,8 @@ def _read_all(fd: int) -> bytes:
         chunks.append(data)
 
 
-def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple[int, ...] = (), **kwargs):
+def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple[int, ...] = (),
+        then=None, then_args: tuple = (), **kwargs):
     """Call ``fn(*args, **kwargs)`` in a forked child and return its result.
 
     With ``unshare_flags`` containing CLONE_NEWNS the child first gets its own
@@ -74,6 +75,10 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
     mounts reaches the caller's namespace). An exception in the child is
     re-raised here: OSError and ValueError keep their type (so callers can
     report them as one line), anything else becomes ChildError.
+
+    With ``then``, a child that answered goes on with ``then(*then_args)`` (its further work for
+    the caller, over a channel of theirs) instead of exiting, and (result, child pid) is returned:
+    the caller reaps it. A child that raised exits as without.
     """
     rfd, wfd = os.pipe()
     sys.stdout.flush()
@@ -84,7 +89,6 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     pid = os.fork()
     if pid == 0:  # child
-        code = 0
         try:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -95,46 +99,77 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
                 kernel.unshare(unshare_flags)
                 if unshare_flags & kernel.CLONE_NEWNS and private:
                     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-            result = ("ok", fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            code = 1
-            try:
-                pickle.loads(pickle.dumps(e))  # an exception that cannot be rebuilt goes back as text
-                exc = e
-            except Exception:
-                exc = None
-            result = ("err", (exc, f"{type(e).__name__}: {e}", format_tb(e)))
+            code, data = _outcome(fn, args, kwargs)
+        except BaseException as e:  # noqa: BLE001 - (unshare or mount failed) back to the parent
+            code, data = _outcome(_reraise, (e,), {})
         try:
-            data = pickle.dumps(result)
-        except Exception as e:  # noqa: BLE001
-            data = pickle.dumps(("err", (None, f"unpicklable result: {e}", "")))
-            code = 1
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(wfd, view)
-                view = view[n:]
+            _write_all(wfd, data)
+            if then is not None and code == 0:
+                os.close(wfd)   # (the caller reads up to this end of file)
+                then(*then_args)
         finally:
             os._exit(code)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(wfd)
     os.close(me)
+    status, data = None, b""
     try:
         data = _read_all(rfd)
+    except BaseException:
+        if then is not None:
+            os.kill(pid, signal.SIGKILL)   # (it would wait for the caller's work forever)
+        raise
     finally:
         os.close(rfd)
-        _, status = os.waitpid(pid, 0)
+        if then is None or not data:
+            _, status = os.waitpid(pid, 0)
     if not data:
         if os.WIFSIGNALED(status):
             raise ChildError(None, f"child killed by {signame(os.WTERMSIG(status))}", "")
         raise ChildError(None, f"child exited with status {os.waitstatus_to_exitcode(status)} and no result", "")
     kind, payload = pickle.loads(data)
+    if then is not None:
+        if kind != "ok":
+            os.waitpid(pid, 0)   # (it exits without going on to `then`)
+        else:
+            return payload, pid
     if kind == "ok":
         return payload
     exc, text, tb = payload
     if isinstance(exc, (OSError, ValueError)):
         raise exc
     raise ChildError(exc, text, tb)
+
+
+def _reraise(e: BaseException):
+    raise e
+
+
+def _outcome(fn, args, kwargs) -> tuple[int, bytes]:
+    """In the child: (exit code, the pickled ("ok", result) or ("err", (exception or None, text,
+    traceback))) of fn(*args, **kwargs)."""
+    try:
+        result = ("ok", fn(*args, **kwargs))
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+        code = 1
+        try:
+            pickle.loads(pickle.dumps(e))  # an exception that cannot be rebuilt goes back as text
+            exc = e
+        except Exception:
+            exc = None
+        result = ("err", (exc, f"{type(e).__name__}: {e}", format_tb(e)))
+    try:
+        return code, pickle.dumps(result)
+    except Exception as e:  # noqa: BLE001
+        return 1, pickle.dumps(("err", (None, f"unpicklable result: {e}", "")))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def in_mount_ns(fn, *args, extra_flags: int = 0, **kwargs):

@@ -10,7 +10,7 @@ import errno
 import os
 import stat
 
-from engine import channel, kernel, mountinfo, nsinspect, userns_cr
+from engine import channel, forkrun, kernel, mountinfo, nsinspect, userns_cr
 from engine.dumperror import DumpError
 from engine.image import rel_to
 
@@ -285,9 +285,70 @@ def _twins(orig: list, copy: list) -> tuple:
     return o_root, o_children, to_copy
 
 
-def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=(), beneath: dict | None = None):
+class Kept:
+    """A helper forked into a mount namespace to answer fn(ns_fd, pids, *args) there (dump's
+    nsinspect.inspect_ns: `result`, its errors raised as forkrun.run raises them), kept for the
+    clones dump asks of that namespace later (`stream(..., kept=)`): one fork of the dump's
+    process where there were two (each ~3.5 ms of CPU, most of it the copy-on-write page faults of
+    a big Python process: benchmarks/HISTORY.md, session 32). `close` lets it go (and reaps it)."""
+
+    def __init__(self, ns_fd: int, pids: list[int], fn, *args):
+        self.chan, theirs = channel.Channel.pair()
+        home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)   # (where _serve goes back to)
+        try:
+            self.result, self.pid = forkrun.run(fn, ns_fd, pids, *args, then=_serve,
+                                                then_args=(ns_fd, pids, home, self.chan, theirs))
+        except BaseException:
+            self.chan.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(home)
+
+    def ask(self, wanted: list[int], orig: list, at: dict):
+        """Yield what the helper sends for the clones of `wanted` (_clone_reporting's messages) until
+        its "done"; it exits then (one request: the copy is its own after it)."""
+        self.chan.send((wanted, orig, at))
+        try:
+            while True:
+                msg, fds = channel.next_message(self.chan)
+                if msg == "done":
+                    return
+                yield msg, fds
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Let the helper go and reap it (once)."""
+        if self.pid is not None:
+            self.chan.close()
+            os.waitpid(self.pid, 0)
+            self.pid = None
+
+
+def _serve(ns_fd: int, pids: list[int], home: int, mine: channel.Channel, chan: channel.Channel) -> None:
+    """In Kept's helper, once it answered: clone the mounts one request asks for (_clone_reporting's
+    work and messages; an error as channel's helpers send theirs) from where a fresh fork of the
+    dumper would stand (`home`: its mount namespace, whose root setns gives back: the answer may
+    have left the host's root); nothing asked (the channel closed): return."""
+    mine.close()
+    try:
+        wanted, orig, at = chan.recv()[0]
+    except channel.ChannelClosed:
+        return
+    try:
+        kernel.setns(home, kernel.CLONE_NEWNS)
+        os.close(home)
+        _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, True)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        chan.send(channel.error_reply(e) if isinstance(e, OSError) else ("error", forkrun.format_tb(e, limit=3)))
+
+
+def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=(), beneath: dict | None = None,
+           kept: Kept | None = None):
     """Yield ([original ids], [fds]) of detached clones of the wanted mounts of the namespace, as
-    clone_mounts sends them (run in a forked child). One hidden by a cover the kernel keeps locked
+    clone_mounts sends them (run in a forked child, or by `kept`, a Kept helper in the namespace). One
+    hidden by a cover the kernel keeps locked
     (a user namespace's copy of its parent's stacks) comes from another mount of its superblock
     visible in the copy, else from one in the tree's other namespaces (`others`: (pids, mount
     list) of each), else from its twin in the dumper's own namespace (same user namespace: nothing
@@ -295,7 +356,9 @@ def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=()
     mounts along puts into `beneath` {id: [(path, clone of that directory)]} (_covered_views): the
     caller owns those fds."""
     left: dict[int, int] = {}
-    for msg, fds in channel.fork_stream(_clone_reporting, ns_fd, pids, wanted, orig, {}):
+    helper = kept.ask(wanted, orig, {}) if kept is not None else \
+        channel.fork_stream(_clone_reporting, ns_fd, pids, wanted, orig, {})
+    for msg, fds in helper:
         if isinstance(msg, tuple) and msg[0] == "beneath":
             if beneath is None:
                 for vfd in fds:

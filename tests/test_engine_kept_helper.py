@@ -1,0 +1,111 @@
+"""One helper per mount namespace for dump's look at it and the clones of its mounts (issue 18):
+forkrun.run's `then` (the child goes on after its answer and the caller reaps it), and a real dump
+whose content clones come from the helper that inspected the namespace, not from a fork of their
+own, with two namespaces' files archived and restored. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine import forkrun
+from enginecase import DUMP_EXTERNALS, PROJECT_ROOT, assert_same, case, take  # noqa: F401  (fixture)
+
+
+def _answer(x: int) -> int:
+    return x * 2
+
+
+def _then(w: int) -> None:
+    os.write(w, b"went on")
+
+
+def _fails(x: int) -> int:
+    raise FileNotFoundError(2, "not there", f"/x/{x}")
+
+
+def test_run_with_then_answers_goes_on_and_leaves_the_reaping():
+    r, w = os.pipe()
+    try:
+        got, pid = forkrun.run(_answer, 21, then=_then, then_args=(w,))
+        os.close(w)
+        w = None
+        assert got == 42
+        assert os.read(r, 100) == b"went on"
+        assert os.waitpid(pid, 0) == (pid, 0)
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+
+
+def test_run_with_then_raises_as_run_does_and_reaps():
+    r, w = os.pipe()
+    try:
+        with pytest.raises(FileNotFoundError) as e:
+            forkrun.run(_fails, 7, then=_then, then_args=(w,))
+        assert e.value.filename == "/x/7"
+        os.close(w)
+        w = None
+        assert os.read(r, 100) == b""   # (it never went on)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)   # (reaped: no child left)
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+
+
+# Counts the clone helpers a dump forks of its own (channel.fork_stream of nscopy's
+# _clone_reporting) and the Kept helpers it keeps, then dumps.
+_COUNTING = """
+import json, sys
+from engine import channel, nscopy
+forks = {"clone_stream": 0, "kept": 0}
+plain = channel.fork_stream
+def counted(fn, *args):
+    if fn is nscopy._clone_reporting:
+        forks["clone_stream"] += 1
+    return plain(fn, *args)
+channel.fork_stream = counted
+Kept = getattr(nscopy, "Kept", None)   # (an engine without it: counted as none)
+if Kept is not None:
+    kept = Kept.__init__
+    def counted_kept(self, *a, **k):
+        forks["kept"] += 1
+        kept(self, *a, **k)
+    Kept.__init__ = counted_kept
+from engine import cli
+code = cli.main(sys.argv[1:])
+print(json.dumps([code, forks]))
+"""
+
+
+def test_a_dump_clones_from_the_helpers_that_read_its_namespaces(case):
+    """Two mount namespaces with files on their own tmpfs: each namespace's clones come from the
+    helper that inspected it (no clone helper forked of its own), and both files come back."""
+    setup = """
+mount -t tmpfs one /mnt; echo first > /mnt/f
+unshare -m --propagation private sh -c 'mount -t tmpfs two /tmp; echo second > /tmp/g; touch /run/ready;
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /run/ready
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    images = case.new_images_dir()
+    r = subprocess.run([sys.executable, "-S", "-c", _COUNTING, "dump", "-t", str(pid), "-D", images,
+                        *DUMP_EXTERNALS], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), cwd=PROJECT_ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    code, forks = json.loads(r.stdout.splitlines()[-1])
+    assert code == 0, r.stderr
+    assert forks == {"clone_stream": 0, "kept": 2}, forks
+    restored = case.restore(images)
+    assert_same(before, take(restored))
+    out = subprocess.run(["nsenter", "-t", str(restored), "-m", "cat", "/mnt/f"], capture_output=True, text=True)
+    assert out.stdout == "first\n", out.stderr
