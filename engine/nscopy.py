@@ -459,6 +459,29 @@ def clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
     return None
 
 
+def clone_some(pids: list[int], mounts: list, ids: list[int]) -> dict[int, int]:
+    """Detached clones of the mounts `ids` of the mount namespace `pids` live in (`mounts`: its
+    mount list), made by one helper as clone_one makes one: {id: fd} of those it made (an error
+    stops it: the rest are left out)."""
+    got: dict[int, int] = {}
+    try:
+        nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
+    except OSError:
+        return got
+    try:
+        for mids, fds in stream(nsfd, pids, ids, mounts):
+            for i, fd in enumerate(fds):
+                if i < len(mids) and mids[i] not in got:
+                    got[mids[i]] = fd
+                else:
+                    os.close(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(nsfd)
+    return got
+
+
 def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=False):
     """Clone covered targets by lazily unmounting what covers them (in a private namespace copy).
 

@@ -109,3 +109,52 @@ hold
     assert_same(before, take(restored))
     out = subprocess.run(["nsenter", "-t", str(restored), "-m", "cat", "/mnt/f"], capture_output=True, text=True)
     assert out.stdout == "first\n", out.stderr
+
+
+# Counts the clone helpers the pre-stop checks fork (channel.fork_stream of nscopy's _clone_reporting
+# while prestop.check runs), then dumps.
+_PRESTOP_COUNTING = """
+import json, sys
+from engine import channel, nscopy, prestop
+forks = {"in_check": 0}
+plain = channel.fork_stream
+inside = [False]
+def counted(fn, *args):
+    if fn is nscopy._clone_reporting and inside[0]:
+        forks["in_check"] += 1
+    return plain(fn, *args)
+channel.fork_stream = counted
+check = prestop.check
+def counted_check(*a, **k):
+    inside[0] = True
+    try:
+        return check(*a, **k)
+    finally:
+        inside[0] = False
+prestop.check = counted_check
+from engine import cli
+code = cli.main(sys.argv[1:])
+print(json.dumps([code, forks]))
+"""
+
+
+def test_the_prestop_probes_of_a_namespace_clone_in_one_helper(case):
+    """Two proc mounts, each covered by a tmpfs: their probes (which pid namespace each shows) need
+    clones made in a copy of the namespace, both by one helper before the stop."""
+    setup = """
+mkdir -p /mnt/a /mnt/b
+mount -t proc p /mnt/a; mount -t tmpfs c /mnt/a
+mount -t proc p /mnt/b; mount -t tmpfs c /mnt/b
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    images = case.new_images_dir()
+    r = subprocess.run([sys.executable, "-S", "-c", _PRESTOP_COUNTING, "dump", "-t", str(pid), "-D", images,
+                        *DUMP_EXTERNALS], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), cwd=PROJECT_ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    code, forks = json.loads(r.stdout.splitlines()[-1])
+    assert code == 0, r.stderr
+    assert forks == {"in_check": 1}, forks
+    assert_same(before, take(case.restore(images)))
