@@ -292,18 +292,24 @@ class Kept:
     process where there were two (each ~3.5 ms of CPU, most of it the copy-on-write page faults of
     a big Python process: benchmarks/HISTORY.md, session 32). `close` lets it go (and reaps it)."""
 
+    # Our ends of the live helpers' channels: a helper forked later closes its copies of them, or
+    # one of them closed here would not end its helper (its recv sees the end of the channel only
+    # once no process holds our end).
+    _ends: set[int] = set()
+
     def __init__(self, ns_fd: int, pids: list[int], fn, *args):
         self.chan, theirs = channel.Channel.pair()
         home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)   # (where _serve goes back to)
         try:
             self.result, self.pid = forkrun.run(fn, ns_fd, pids, *args, then=_serve,
-                                                then_args=(ns_fd, pids, home, self.chan, theirs))
+                                                then_args=(ns_fd, pids, home, self.chan, theirs, tuple(Kept._ends)))
         except BaseException:
             self.chan.close()
             raise
         finally:
             theirs.close()
             os.close(home)
+        Kept._ends.add(self.chan.fileno())
 
     def ask(self, wanted: list[int], orig: list, at: dict):
         """Yield what the helper sends for the clones of `wanted` (_clone_reporting's messages) until
@@ -321,17 +327,22 @@ class Kept:
     def close(self) -> None:
         """Let the helper go and reap it (once)."""
         if self.pid is not None:
+            Kept._ends.discard(self.chan.fileno())
             self.chan.close()
             os.waitpid(self.pid, 0)
             self.pid = None
 
 
-def _serve(ns_fd: int, pids: list[int], home: int, mine: channel.Channel, chan: channel.Channel) -> None:
+def _serve(ns_fd: int, pids: list[int], home: int, mine: channel.Channel, chan: channel.Channel,
+           others: tuple[int, ...]) -> None:
     """In Kept's helper, once it answered: clone the mounts one request asks for (_clone_reporting's
     work and messages; an error as channel's helpers send theirs) from where a fresh fork of the
     dumper would stand (`home`: its mount namespace, whose root setns gives back: the answer may
-    have left the host's root); nothing asked (the channel closed): return."""
+    have left the host's root); nothing asked (the channel closed): return. `others`: the dumper's
+    ends of the other kept helpers' channels (closed here)."""
     mine.close()
+    for fd in others:
+        os.close(fd)
     try:
         wanted, orig, at = chan.recv()[0]
     except channel.ChannelClosed:

@@ -86,13 +86,18 @@ print(json.dumps([code, forks]))
 
 
 def test_a_dump_clones_from_the_helpers_that_read_its_namespaces(case):
-    """Two mount namespaces with files on their own tmpfs: each namespace's clones come from the
+    """Two mount namespaces with files on their own tmpfs and two with nothing to clone (their
+    helpers let go at the end, each while the others live): each namespace's clones come from the
     helper that inspected it (no clone helper forked of its own), and both files come back."""
     setup = """
 mount -t tmpfs one /mnt; echo first > /mnt/f
 unshare -m --propagation private sh -c 'mount -t tmpfs two /tmp; echo second > /tmp/g; touch /run/ready;
     exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
 wait_for /run/ready
+for n in 2 3; do
+    unshare -m --propagation private sh -c "touch /run/ready$n; exec /.hold/mntcr-hold 100000" </dev/null >/dev/null 2>&1 &
+    wait_for /run/ready$n
+done
 hold
 """
     pid = case.start(setup)
@@ -104,7 +109,7 @@ hold
     assert r.returncode == 0, r.stderr
     code, forks = json.loads(r.stdout.splitlines()[-1])
     assert code == 0, r.stderr
-    assert forks == {"clone_stream": 0, "kept": 2}, forks
+    assert forks == {"clone_stream": 0, "kept": 4}, forks
     restored = case.restore(images)
     assert_same(before, take(restored))
     out = subprocess.run(["nsenter", "-t", str(restored), "-m", "cat", "/mnt/f"], capture_output=True, text=True)
