@@ -194,6 +194,13 @@ def _staging(mounts: list[tuple[int, str]], clone: bool = False) -> int:
 _SOCKET_IGNORED = rx.compile(r'^[^ ]*tar: (".*"): socket ignored$')
 
 
+def archive_in(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan: channel.Channel) -> None:
+    """What archive's child does, for a helper of the caller's that already runs (dump's kept namespace
+    helper, engine/nscopy.py Kept.archive): stage the mounts in a private namespace of its own (made
+    once), run tar into `out_fd`, send ("ok", the socket files tar left out)."""
+    _archive_child(mounts, out_fd, dirs, chan)
+
+
 def _archive_child(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan: channel.Channel) -> None:
     staging = _staging(mounts)
     covered = _covered_dirs(staging, dirs)
@@ -254,17 +261,22 @@ def _covered_dirs(staging: int, dirs: dict) -> list[str]:
 
 
 def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None = None,
-            dirs: dict | None = None) -> dict:
+            dirs: dict | None = None, helper=None) -> dict:
     """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
     A mount of a single file is named "MEMBER/FILENAME": the member then holds that file alone.
     Socket files, which tar leaves out, go into `sockets` ({member: [record]}, see make_sockets).
     `dirs`: {member: [(path, clone)] of its directories that mounts cover} (_covered_dirs).
+    `helper(mounts, out_fd, dirs)`: a running helper's archive_in (dump's Kept.archive) instead of
+    a child forked for it.
 
     The mount fds are attached inside a throwaway namespace (the caller's fds
     stay open but their mounts end up detached).
     """
     with open(out_path, "wb") as out:
-        left_out, _ = channel.call_in_child(_archive_child, mounts, out.fileno(), dirs or {})
+        if helper is not None:
+            left_out = helper(mounts, out.fileno(), dirs or {})
+        else:
+            left_out, _ = channel.call_in_child(_archive_child, mounts, out.fileno(), dirs or {})
         out.flush()
         # (to disk while the dump goes on: the image's commit fsyncs every archive before the manifest)
         kernel.start_writeback(out.fileno())

@@ -851,9 +851,10 @@ class _Batch:
             return
         name, path = self.d.writer.new_archive()
         sockets: dict[str, list] = {}   # socket files tar leaves out, made again at restore
-        self.d.files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
-                                              for mfd, member, _, _, only in self.items], path, sockets,
-                                             self.dirs)
+        mounts = [(mfd, member if only is None else f"{member}/{only}") for mfd, member, _, _, only in self.items]
+        # (a kept namespace helper done with its clones archives them: no child forked for it)
+        kept = next((k for k in self.d.kept.values() if k.fits(mounts, self.dirs)), None)
+        self.d.files[name] = content.archive(mounts, path, sockets, self.dirs, kept.archive if kept else None)
         for mfd, member, sid, root, only in self.items:
             arc = {"file": name, "member": member, "root": root}
             if only is not None:
@@ -925,6 +926,9 @@ def _archive_contents(d: _Dump) -> None:
                 for views in beneath.values():   # (of mounts not archived: probed, or a ghost)
                     for _, vfd in views:
                         os.close(vfd)
+            for other, kept in d.kept.items():   # (one idle helper is enough to archive: the last one)
+                if other != ino and kept.idle:
+                    kept.close()
         batch.flush()
     finally:
         batch.close()

@@ -288,9 +288,12 @@ def _twins(orig: list, copy: list) -> tuple:
 class Kept:
     """A helper forked into a mount namespace to answer fn(ns_fd, pids, *args) there (dump's
     nsinspect.inspect_ns: `result`, its errors raised as forkrun.run raises them), kept for the
-    clones dump asks of that namespace later (`stream(..., kept=)`): one fork of the dump's
-    process where there were two (each ~3.5 ms of CPU, most of it the copy-on-write page faults of
-    a big Python process: benchmarks/HISTORY.md, session 32). `close` lets it go (and reaps it)."""
+    clones dump asks of that namespace later (`stream(..., kept=)`) and, once it sent them all
+    (`idle`), for archives (`archive`, as content.archive's child would make them): one fork of
+    the dump's process where there were three (each ~3.5 ms of CPU, most of it the copy-on-write
+    page faults of a big Python process: benchmarks/HISTORY.md, session 32). A namespace another
+    user namespace owns gets clones only (its helper joins that user namespace and cannot come
+    back). `close` lets it go (and reaps it)."""
 
     # Our ends of the live helpers' channels: a helper forked later closes its copies of them, or
     # one of them closed here would not end its helper (its recv sees the end of the channel only
@@ -298,6 +301,11 @@ class Kept:
     _ends: set[int] = set()
 
     def __init__(self, ns_fd: int, pids: list[int], fn, *args):
+        owner = userns_cr.owner_to_join(ns_fd)
+        if owner is not None:
+            os.close(owner)
+        self.can_archive = owner is None
+        self.idle = False   # its clones all sent: it may archive
         self.chan, theirs = channel.Channel.pair()
         home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)   # (where _serve goes back to)
         try:
@@ -313,19 +321,44 @@ class Kept:
 
     def ask(self, wanted: list[int], orig: list, at: dict):
         """Yield what the helper sends for the clones of `wanted` (_clone_reporting's messages) until
-        its "done"; it exits then (one request: the copy is its own after it)."""
-        self.chan.send((wanted, orig, at))
+        its "done" (asked once: the copy is its own after it); then it stays for `archive`, or is let
+        go when it cannot archive or the clones were not all taken."""
+        self.chan.send(("clone", wanted, orig, at))
+        done = False
         try:
             while True:
                 msg, fds = channel.next_message(self.chan)
                 if msg == "done":
+                    done = True
                     return
                 yield msg, fds
         finally:
-            self.close()
+            if done and self.can_archive:
+                self.idle = True
+            else:
+                self.close()
+
+    def archive(self, mounts: list[tuple[int, str]], out_fd: int, dirs: dict) -> list:
+        """content.archive's child's work (content.archive_in) done by this idle helper: the fds
+        travel with the request, at most channel.MAX_FDS (`fits`). Returns what the child returns."""
+        fds = [out_fd, *(fd for fd, _ in mounts), *(vfd for views in dirs.values() for _, vfd in views)]
+        self.chan.send(("archive", [name for _, name in mounts],
+                        {member: [rel for rel, _ in views] for member, views in dirs.items()}), fds)
+        msg, rfds = channel.next_message(self.chan)
+        for fd in rfds:
+            os.close(fd)
+        if not (isinstance(msg, tuple) and msg and msg[0] == "ok"):
+            raise OSError(f"helper process answered {msg!r}")
+        return msg[1]
+
+    def fits(self, mounts: list, dirs: dict) -> bool:
+        """Whether `archive` can take these: an idle helper, and fds one message carries."""
+        return self.idle and self.pid is not None and \
+            1 + len(mounts) + sum(len(views) for views in dirs.values()) <= channel.MAX_FDS
 
     def close(self) -> None:
         """Let the helper go and reap it (once)."""
+        self.idle = False
         if self.pid is not None:
             Kept._ends.discard(self.chan.fileno())
             self.chan.close()
@@ -335,24 +368,49 @@ class Kept:
 
 def _serve(ns_fd: int, pids: list[int], home: int, mine: channel.Channel, chan: channel.Channel,
            others: tuple[int, ...]) -> None:
-    """In Kept's helper, once it answered: clone the mounts one request asks for (_clone_reporting's
-    work and messages; an error as channel's helpers send theirs) from where a fresh fork of the
-    dumper would stand (`home`: its mount namespace, whose root setns gives back: the answer may
-    have left the host's root); nothing asked (the channel closed): return. `others`: the dumper's
-    ends of the other kept helpers' channels (closed here)."""
+    """In Kept's helper, once it answered: first the clones one request asks for (_clone_reporting's
+    work and messages), then archives (content.archive_in), each from where a fresh fork of the
+    dumper would stand (`home`: its mount namespace, whose root setns gives back: the answer and the
+    copy leave it); an error is sent as channel's helpers send theirs, and ends it; the channel
+    closed: return. `others`: the dumper's ends of the other kept helpers' channels (closed here)."""
     mine.close()
     for fd in others:
         os.close(fd)
+    first, staged = True, False
+    while True:
+        try:
+            req, fds = chan.recv()
+        except channel.ChannelClosed:
+            return
+        try:
+            if req[0] == "clone" and first:
+                kernel.setns(home, kernel.CLONE_NEWNS)
+                _clone_in_copy(ns_fd, pids, req[1], req[2], chan, req[3], True)
+            elif req[0] == "archive":
+                if not staged:   # (once: then content's staging namespace is its own, never the dumper's)
+                    kernel.setns(home, kernel.CLONE_NEWNS)
+                    staged = True
+                _archive_request(req, fds, chan)
+            else:
+                raise OSError(f"kept helper: unexpected request {req[0]!r}")
+            first = False
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            chan.send(channel.error_reply(e) if isinstance(e, OSError) else ("error", forkrun.format_tb(e, limit=3)))
+            return
+
+
+def _archive_request(req: tuple, fds: list[int], chan: channel.Channel) -> None:
+    """Kept.archive's request ("archive", member names, {member: [paths]}) with its fds (the output,
+    the mounts, the covered directories' views) handed to content.archive_in."""
+    from engine import content
+    _, names, layout = req
+    views = iter(fds[1 + len(names):])
+    dirs = {member: [(rel, next(views)) for rel in rels] for member, rels in layout.items()}
     try:
-        wanted, orig, at = chan.recv()[0]
-    except channel.ChannelClosed:
-        return
-    try:
-        kernel.setns(home, kernel.CLONE_NEWNS)
-        os.close(home)
-        _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, True)
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        chan.send(channel.error_reply(e) if isinstance(e, OSError) else ("error", forkrun.format_tb(e, limit=3)))
+        content.archive_in(list(zip(fds[1:1 + len(names)], names)), fds[0], dirs, chan)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=(), beneath: dict | None = None,

@@ -61,17 +61,24 @@ def test_run_with_then_raises_as_run_does_and_reaps():
 
 
 # Counts the clone helpers a dump forks of its own (channel.fork_stream of nscopy's
-# _clone_reporting) and the Kept helpers it keeps, then dumps.
+# _clone_reporting), the archiving children (content's, by channel.call_in_child) and the Kept
+# helpers it keeps, then dumps.
 _COUNTING = """
 import json, sys
-from engine import channel, nscopy
-forks = {"clone_stream": 0, "kept": 0}
+from engine import channel, content, nscopy
+forks = {"clone_stream": 0, "archive_child": 0, "kept": 0}
 plain = channel.fork_stream
 def counted(fn, *args):
     if fn is nscopy._clone_reporting:
         forks["clone_stream"] += 1
     return plain(fn, *args)
 channel.fork_stream = counted
+plain_call = channel.call_in_child
+def counted_call(fn, *args):
+    if fn is content._archive_child:
+        forks["archive_child"] += 1
+    return plain_call(fn, *args)
+channel.call_in_child = counted_call
 Kept = getattr(nscopy, "Kept", None)   # (an engine without it: counted as none)
 if Kept is not None:
     kept = Kept.__init__
@@ -88,7 +95,8 @@ print(json.dumps([code, forks]))
 def test_a_dump_clones_from_the_helpers_that_read_its_namespaces(case):
     """Two mount namespaces with files on their own tmpfs and two with nothing to clone (their
     helpers let go at the end, each while the others live): each namespace's clones come from the
-    helper that inspected it (no clone helper forked of its own), and both files come back."""
+    helper that inspected it (no clone helper forked of its own), that helper archives them (no
+    archiving child), and both files come back."""
     setup = """
 mount -t tmpfs one /mnt; echo first > /mnt/f
 unshare -m --propagation private sh -c 'mount -t tmpfs two /tmp; echo second > /tmp/g; touch /run/ready;
@@ -109,7 +117,7 @@ hold
     assert r.returncode == 0, r.stderr
     code, forks = json.loads(r.stdout.splitlines()[-1])
     assert code == 0, r.stderr
-    assert forks == {"clone_stream": 0, "kept": 4}, forks
+    assert forks == {"clone_stream": 0, "archive_child": 0, "kept": 4}, forks
     restored = case.restore(images)
     assert_same(before, take(restored))
     out = subprocess.run(["nsenter", "-t", str(restored), "-m", "cat", "/mnt/f"], capture_output=True, text=True)
