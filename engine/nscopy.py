@@ -528,17 +528,19 @@ def clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
     return None
 
 
-def clone_some(pids: list[int], mounts: list, ids: list[int]) -> dict[int, int]:
+def clone_some(pids: list[int], mounts: list, ids: list[int], kept: Kept | None = None) -> dict[int, int]:
     """Detached clones of the mounts `ids` of the mount namespace `pids` live in (`mounts`: its
-    mount list), made by one helper as clone_one makes one: {id: fd} of those it made (an error
-    stops it: the rest are left out)."""
+    mount list), made by one helper as clone_one makes one (`kept`'s, a Kept helper in that namespace,
+    which is let go after): {id: fd} of those it made (an error stops it: the rest are left out)."""
     got: dict[int, int] = {}
     try:
         nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
     except OSError:
+        if kept is not None:
+            kept.close()
         return got
     try:
-        for mids, fds in stream(nsfd, pids, ids, mounts):
+        for mids, fds in stream(nsfd, pids, ids, mounts, kept=kept):
             for i, fd in enumerate(fds):
                 if i < len(mids) and mids[i] not in got:
                     got[mids[i]] = fd
@@ -548,6 +550,8 @@ def clone_some(pids: list[int], mounts: list, ids: list[int]) -> dict[int, int]:
         pass
     finally:
         os.close(nsfd)
+        if kept is not None:
+            kept.close()
     return got
 
 

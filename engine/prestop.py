@@ -95,6 +95,7 @@ class View:
         self.partial: set[str] = set()                   # ns names whose mountinfo a chrooted process read
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
+        self.kept: dict = {}                             # ns name -> nscopy.Kept that read its unique ids
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
@@ -132,8 +133,8 @@ def ns_names(pids: list[int], kinds) -> dict[tuple[str, int | None], str]:
 
 
 
-def _unique_ids(nsfd: int) -> dict[int, int]:
-    """In a forked child: the unique ids of the mounts of mount namespace `nsfd`."""
+def _unique_ids(nsfd: int, pids=None) -> dict[int, int]:
+    """In a forked child: the unique ids of the mounts of mount namespace `nsfd` (`pids`: nscopy.Kept's)."""
     kernel.setns(nsfd, kernel.CLONE_NEWNS)
     return kernel.unique_ids()
 
@@ -146,12 +147,22 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     `ext_veths`: veths declared --external veth[NAME]:KEY ({NAME: KEY}); `dead`: the tree's zombies
     [(pid, ppid)]. Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
-    from engine import image, strategy
+    from engine import strategy
+    view = View(strategy.current())
+    try:
+        return _check(view, tree, texts, ext_mnts, leave_running, ext_files, ext_devs, ext_veths, dead)
+    finally:
+        for kept in view.kept.values():   # (the helpers that read unique ids, let go whatever happened)
+            kept.close()
+
+
+def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ext_devs, ext_veths, dead) -> dict:
+    """check's body, on `view`."""
+    from engine import image
     locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
-    strat = strategy.current()
+    strat = view.strategy
     pids = [p for p, _ in tree]
     names = ns_names(pids, image.NS_KINDS)
-    view = View(strat)
     try:
         for pid in pids:
             threads.check_leader(pid)   # (first: a process without its main thread shows no namespaces)
@@ -180,7 +191,10 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         if strat.ids == "statmount" and (owned or any(_prechecks(m.fstype) for m in mounts)):
             nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                mounts = mountinfo.parse(text, forkrun.run(_unique_ids, nsfd))
+                # (its helper stays for the clones the probes may need there: _open_mounts)
+                from engine import nscopy
+                view.kept[name] = nscopy.Kept(nsfd, view.ns_pids.get(name) or [pid], _unique_ids)
+                mounts = mountinfo.parse(text, view.kept[name].result)
             except (OSError, forkrun.ChildError):
                 pass   # (the ids are read again once the tree is stopped)
             finally:
@@ -655,8 +669,9 @@ def _open_mounts(view: View, wanted: list[tuple[str, dict]]) -> dict[tuple[str, 
         elif view.ns_pids.get(ns_name):
             cloned.setdefault(ns_name, []).append(e)
     for ns_name, entries in cloned.items():
-        got = nscopy.clone_some(view.ns_pids[ns_name], view.ns_mounts[ns_name], [e["id"] for e in entries]) \
-            if len(entries) > 1 else {}
+        kept = view.kept.pop(ns_name, None)
+        got = nscopy.clone_some(view.ns_pids[ns_name], view.ns_mounts[ns_name], [e["id"] for e in entries], kept) \
+            if len(entries) > 1 or kept is not None else {}
         for e in entries:
             fd = got.pop(e["id"], None)
             if fd is None:
