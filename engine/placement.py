@@ -184,8 +184,13 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             if fg is not None and fg != entry["pgid"]:
                 entry["tty_fg"] = fg
         entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
-        if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
-            entry["exe"] = _place_exe(pid, *pdata["exe"], entry["maps"], mounts_by_id)
+        exe = pdata["exe"]
+        if exe and exe[1] not in mounts_by_id and pdata.get("exe_visible"):
+            # (run from a mount of a namespace outside the dump, gone since: `unshare -m unshare -m ...`,
+            # lxc-usernsexec: the same file on the mount its path reaches, nsinspect._visible)
+            exe = (pdata["exe_visible"][1], pdata["exe_visible"][0])
+        if exe and exe[1] in mounts_by_id:
+            entry["exe"] = _place_exe(pid, *exe, entry["maps"], mounts_by_id)
         procs_doc.append(entry)
     hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
     return procs_doc
@@ -203,7 +208,9 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
     for path, mnt, link, visible in maps:
         target, deleted = kernel.undeleted(path)
         if mnt not in mounts_by_id and visible is not None:
-            mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
+            # (a mount of a namespace outside the dump: mapped from the one its path reaches, at the
+            # real path it has there, nsinspect._visible)
+            mnt, path = visible
         m = mounts_by_id.get(mnt)
         if not deleted:
             if m is None:
