@@ -191,6 +191,12 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             exe = (pdata["exe_visible"][1], pdata["exe_visible"][0])
         if exe and exe[1] in mounts_by_id:
             entry["exe"] = _place_exe(pid, *exe, entry["maps"], mounts_by_id)
+        elif exe:
+            # On a detached mount (lazily unmounted since the exec, or a gone namespace's that no path
+            # here reaches): where its mapping keeps that mount (_place_maps), else not restored.
+            loc = next((m for m in entry["maps"] if m.get("detached") and (m["path"], m["mnt"]) == tuple(exe)), None)
+            if loc is not None:
+                entry["exe"] = dict(loc)
         procs_doc.append(entry)
     hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
     return procs_doc

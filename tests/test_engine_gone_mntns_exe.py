@@ -9,7 +9,10 @@ CRIU's mntns_open) keeps that mount."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+
+import pytest
 
 from enginecase import case, load_manifest  # noqa: F401  (fixture)
 
@@ -64,3 +67,42 @@ def test_executable_of_a_gone_namespace_and_of_a_dumped_one(case):
         with open(f"/proc/{p}/comm") as f:
             names.setdefault(f.read().strip(), []).append(os.readlink(f"/proc/{p}/exe"))
     assert names.get("unshare") == ["/usr/bin/unshare"], names
+
+
+LAZY_EXE = """
+mkdir -p /run/lazy && mount -t tmpfs lazy /run/lazy && cp /usr/bin/sleep /run/lazy/mntcr-hold
+echo data > /run/lazy/data
+(exec 7<{held}; exec /run/lazy/mntcr-hold 100000 </dev/null >/dev/null 2>&1) &
+wait_for /proc/$!/exe
+n=0; until [ "$(readlink /proc/$!/exe)" = /run/lazy/mntcr-hold ]; do n=$((n + 1)); [ $n -lt 600 ]; sleep 0.05; done
+umount -l /run/lazy
+hold
+"""
+
+
+def _lazy_exes(root: int) -> list[tuple[str, str]]:
+    """(name, sha256 of the contents) of the executables of the tree at `root` that lie on no mount of the tree's
+    namespaces but a detached one (named relative to its root: no /usr, no interpreter)."""
+    from zdtm.snapshot import tree_pids
+    out = []
+    for p in tree_pids(root):
+        name = os.readlink(f"/proc/{p}/exe")
+        if not name.startswith(("/usr/", "/bin/")):
+            with open(f"/proc/{p}/exe", "rb") as f:
+                out.append((name, hashlib.sha256(f.read()).hexdigest()))
+    return out
+
+
+@pytest.mark.parametrize("held", ["/dev/null", "/run/lazy/data"], ids=["exe_only", "fd_too"])
+def test_executable_on_a_lazily_unmounted_mount(case, held):
+    """A program run from a mount lazily unmounted since (an updater's scratch, a FUSE image
+    unmounted while in use): its executable comes back on the restored detached mount, the same
+    file; the stand-in kept its own interpreter before. `fd_too`: it holds a file there too, and the
+    invisible tmpfs's archive, made for the fds, has the program as well (restore failed: 'mapped
+    file /mntcr-hold ... No such file or directory')."""
+    pid = case.start(LAZY_EXE.format(held=held))
+    before = _lazy_exes(pid)
+    with open("/usr/bin/sleep", "rb") as f:
+        assert before == [("/mntcr-hold", hashlib.sha256(f.read()).hexdigest())]
+    restored = case.cr(pid)
+    assert _lazy_exes(restored) == before
