@@ -1075,8 +1075,11 @@ def _collect_processes(d: _Dump) -> None:
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
-        d.detached_doc = detached.plan(unplaced, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
-                                        d.mounts_by_id, d.writer, d.files, d.plan)
+        # (a mapping on a detached mount an fd or cwd holds too is planned with them: an invisible
+        # tmpfs's archive then has its file, a program run from there among them)
+        held = {loc["mnt"] for loc, _pid, _link in unplaced}
+        d.detached_doc = detached.plan(unplaced + [i for i in map_unplaced if i[0]["mnt"] in held], d.superblocks,
+                                        d.sb_of_dev, d.ns_data, d.by_mntns, d.mounts_by_id, d.writer, d.files, d.plan)
         _plan_mapped_detached(map_unplaced, d.detached_doc, d.procs_doc,
                               lambda items: detached.plan(items, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
                                                           d.mounts_by_id, d.writer, d.files, d.plan))
@@ -1109,6 +1112,8 @@ def _plan_mapped_detached(items: list, detached_doc: dict, procs_doc: list, plan
         if not gone:
             continue
         p["maps"] = [m for m in p["maps"] if m not in gone]
+        if p.get("exe", {}).get("detached") and p["exe"]["mnt"] in dropped:
+            del p["exe"]   # (its executable among them: the path is in the note)
         paths = ", ".join(sorted({m["path"] for m in gone}))
         why = "; ".join(sorted({dropped[m["mnt"]] for m in gone}))
         sys.stderr.write(f"mntcr dump: note: process {p['pid']}: its mappings of {paths} (on a detached mount "

@@ -1882,8 +1882,6 @@ def _check_places(doc: dict, p: dict, what: str, mounts: dict, detached: dict, r
             _fail(f"{what} ctty_node: the process leads no session")
         _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
     if "exe" in p:
-        if p["exe"].get("detached"):
-            _fail(f"{what}: an executable on a detached mount")
         _check_loc(p["exe"], mounts, detached, f"{what} executable")
         _check_ghost_ref(doc, p["exe"], mounts, f"{what} executable")
 

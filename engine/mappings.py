@@ -12,8 +12,8 @@ lazily unmounted mount keeps that detached mount, as an open file would
 (engine/placement.py `_place_maps`). Not recorded: anonymous shared memory and
 memfds (`kernel_memory`); a deleted file restore cannot make again is refused
 (engine/mountrules.py `deleted_mapping`, asked before the stop too). The executable is recorded and
-mapped like the others, and on x86-64 a stand-in makes it its own
-/proc/PID/exe once it is detached (become_exe): a few instructions in an
+mapped like the others (one on a detached mount where its mapping keeps that mount), and on
+x86-64 a stand-in makes it its own /proc/PID/exe once it is detached (become_exe): a few instructions in an
 anonymous page unmap the interpreter's executable (the kernel refuses a new
 exe while the old one is mapped) and call prctl(PR_SET_MM, PR_SET_MM_MAP)
 with the exe fd (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), take the process's ids and

@@ -164,19 +164,33 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
             if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
                 f["visible_mnt"] = mid
         # A mapped file likewise (a program that unshared without exec maps its libraries through
-        # the parent's mounts): the mount its path reaches here, used when the mapping's own mount
-        # is in no dumped namespace (placement._place_maps).
+        # the parent's mounts): the mount its path reaches here and the real path it has there, used
+        # only when the mapping's own mount is in no dumped namespace (placement._place_maps). (The
+        # kernel names a file of a mount namespace gone since relative to its mount's root: /bin/unshare
+        # of a /usr mount, reached here through a symlink.)
         maps = []
         for path, mnt, link, *_ in data["maps"]:
             visible = None
             if mnt not in ids and not path.endswith(kernel.DELETED):
-                try:
-                    want, here = os.stat(f"{pid}/{link}", dir_fd=hostproc), os.stat(path)
-                    mid = kernel.statx_mnt_id(path)
-                    if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and \
-                            devs.get(mid) == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
-                        visible = mid
-                except OSError:
-                    pass
+                visible = _visible(hostproc, f"{pid}/{link}", path, devs)
             maps.append((path, mnt, link, visible))
         data["maps"] = maps
+        # Its executable likewise (`unshare -m unshare -m ...`: the waiting unshare runs a file of a
+        # mount namespace gone since), again only for placement to use when no dumped namespace has
+        # its mount: a mount of another dumped namespace is the executable's own (CRIU's mntns_open).
+        if data.get("exe") and data["exe"][1] not in ids and not data["exe"][0].endswith(kernel.DELETED):
+            data["exe_visible"] = _visible(hostproc, f"{pid}/exe", data["exe"][0], devs)
+
+
+def _visible(hostproc: int, link: str, path: str, devs: dict) -> tuple[int, str] | None:
+    """(mount id, real path) of the file /proc/`link` is when `path` reaches that same file here on a
+    mount of this namespace (`devs`: mount id -> device), else None."""
+    try:
+        want, here = os.stat(link, dir_fd=hostproc), os.stat(path)
+        mid = kernel.statx_mnt_id(path)
+    except OSError:
+        return None
+    if (here.st_dev, here.st_ino) != (want.st_dev, want.st_ino) or \
+            devs.get(mid) != f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
+        return None
+    return mid, os.path.realpath(path)

@@ -184,8 +184,8 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             if fg is not None and fg != entry["pgid"]:
                 entry["tty_fg"] = fg
         entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
-        if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
-            entry["exe"] = _place_exe(pid, *pdata["exe"], entry["maps"], mounts_by_id)
+        if (exe := _exe_of(pid, pdata, entry["maps"], mounts_by_id)) is not None:
+            entry["exe"] = exe
         procs_doc.append(entry)
     hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
     return procs_doc
@@ -203,7 +203,9 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
     for path, mnt, link, visible in maps:
         target, deleted = kernel.undeleted(path)
         if mnt not in mounts_by_id and visible is not None:
-            mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
+            # (a mount of a namespace outside the dump: mapped from the one its path reaches, at the
+            # real path it has there, nsinspect._visible)
+            mnt, path = visible
         m = mounts_by_id.get(mnt)
         if not deleted:
             if m is None:
@@ -231,6 +233,24 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
     # once each (two copies of one path may lead to one mount: a stand-in's own library and the one
     # it maps for the process)
     return list({(loc["mnt"], loc["path"], bool(loc.get("detached"))): loc for loc in out}.values())
+
+
+def _exe_of(pid: int, pdata: dict, maps: list[dict], mounts_by_id: dict) -> dict | None:
+    """Where process `pid`'s executable lies (`pdata`: nsinspect's record of it, `maps`: its placed
+    mappings), None when not restored (none, or on a detached mount that no mapping keeps)."""
+    exe = pdata["exe"]
+    if exe and exe[1] not in mounts_by_id and pdata.get("exe_visible"):
+        # (run from a mount of a namespace outside the dump, gone since: `unshare -m unshare -m ...`,
+        # lxc-usernsexec: the same file on the mount its path reaches, nsinspect._visible)
+        exe = (pdata["exe_visible"][1], pdata["exe_visible"][0])
+    if not exe:
+        return None
+    if exe[1] in mounts_by_id:
+        return _place_exe(pid, *exe, maps, mounts_by_id)
+    # On a detached mount (lazily unmounted since the exec, or a gone namespace's that no path here
+    # reaches): where its mapping keeps that mount (_place_maps).
+    loc = next((m for m in maps if m.get("detached") and (m["path"], m["mnt"]) == tuple(exe)), None)
+    return None if loc is None else dict(loc)
 
 
 def _place_exe(pid: int, path: str, mnt: int, maps: list[dict], mounts_by_id: dict) -> dict:

@@ -101,7 +101,7 @@ MUTATIONS = {
     "mapping mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654),
     "mapping ghost": lambda d: d["processes"][0]["maps"][0].update(ghost="g-99"),
     "mapping on an unknown detached mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654, detached=True),
-    "executable on a detached mount": lambda d: d["processes"][0]["exe"].update(detached=True),
+    "executable on an unknown detached mount": lambda d: d["processes"][0]["exe"].update(detached=True),
     "nsfs namespace id": lambda d: _fd(d, "nsfs").update(ns="../net-1"),
     "nsfs time namespace": lambda d: _fd(d, "nsfs").update(ns="time-1"),
     "pidfd pid": lambda d: _fd(d, "pidfd").update(pid=0),
