@@ -58,7 +58,7 @@ from engine.fds import FdError
 
 SOL_TCP = socket.IPPROTO_TCP
 TCP_MAXSEG, TCP_INFO = 2, 11
-IPV6_HOPOPTS = 54
+IPV6_2292PKTOPTIONS = 6
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS = 19, 20, 21, 22
 TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
 REPAIR_ON, REPAIR_OFF, REPAIR_OFF_NO_WP = 1, 0, -1
@@ -267,13 +267,16 @@ def _sync_mss(s: socket.socket) -> None:
     the window were given, and nothing computes it again while the path's MTU stays (a connection
     over lo restored sent 524-byte segments, not 32 KiB ones). Setting the IP options (none, as
     before: the header's size does not change) makes the kernel compute it from the clamp, the
-    window and the path's MTU (IPv4: IP_OPTIONS; IPv6's options, emptied, compute nothing).
-    Not the size the live connection had: that one came from its window at the handshake."""
+    window and the path's MTU. IPv4: IP_OPTIONS. IPv6 computes it only when an options object is
+    set, which emptied options (IPV6_HOPOPTS b"") are not: IPV6_2292PKTOPTIONS with a control
+    buffer too short to hold a message sets one of no headers (a connection over ::1 came back
+    sending 1208-byte segments, the minimum MTU's). Not the size the live connection had: that one
+    came from its window at the handshake."""
     try:
         if s.family == socket.AF_INET:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")
         else:
-            s.setsockopt(socket.IPPROTO_IPV6, IPV6_HOPOPTS, b"")
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_2292PKTOPTIONS, bytes(4))
     except OSError:
         pass   # (a kernel that refuses: the segment size stays the default's, as before)
 
