@@ -6,8 +6,10 @@ description without one), so every fd's owner and signal are kept. The owner and
 open file description, not to the fd, and /proc shows neither: dump reads them on a copy of the
 fd (pidfd_getfd) as fcntl F_GETOWN_EX / F_GETSIG give them in the dumper's pid namespace, where the
 image names processes. An owner is kept as a process of the tree (F_OWNER_PID, or F_OWNER_TID of
-a process's main thread: a stand-in's other threads are made last, after the owner is set); a
-process group (F_OWNER_PGRP), another thread or a process outside the tree is refused before the stop (an owner that exited is none:
+a process's main thread: a stand-in's other threads are made last, after the owner is set), a
+process group (F_OWNER_PGRP) as its leader, a process of the tree whose group it is ("async_pgrp":
+restore gives the restored leader's pid, its group's id); a group without its leader in the tree,
+another thread or a process outside the tree is refused before the stop (an owner that exited is none:
 F_GETOWN_EX names no owner without a task). Restore sets the owner on the
 stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC, once
 every fd of the tree is made and restore's own copies are closed (the release of a pipe's last
@@ -67,8 +69,10 @@ def entry_fields(fd: int, pids, where: str) -> dict:
     kind, who, sig = read(fd)
     out: dict = {}
     if kind == F_OWNER_PGRP and who:
-        raise FdError(errno.EOPNOTSUPP, f"{where}: process group {who} as its signal owner (F_SETOWN -pgid): "
-                                        "process groups are not restored: not supported")
+        if who not in pids or _pgid_of(who) != who:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: process group {who} as its signal owner (F_SETOWN -pgid), "
+                                            "whose leader is not a process of the dumped tree: not supported")
+        return {"async_owner": who, "async_pgrp": True, **({"async_signal": sig} if sig else {})}
     if who:
         if who not in pids:
             leader = _leader_of(who)
@@ -85,6 +89,14 @@ def entry_fields(fd: int, pids, where: str) -> dict:
     if sig:
         out["async_signal"] = sig
     return out
+
+
+def _pgid_of(pid: int) -> int | None:
+    """The process group of process `pid` in our pid namespace; None when gone."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _leader_of(tid: int) -> int | None:
@@ -127,7 +139,8 @@ def restore(fd: int, entry: dict, pid_of) -> None:
     if o_async:
         register_async(fd, entry["fd"])
     # The owner last: a tty's fasync hook makes its foreground group, or us, the owner of one without.
-    _fcntl_ptr(fd, F_SETOWN_EX, _OwnerEx(F_OWNER_TID if entry.get("async_tid") else F_OWNER_PID, host))
+    kind = F_OWNER_TID if entry.get("async_tid") else F_OWNER_PGRP if entry.get("async_pgrp") else F_OWNER_PID
+    _fcntl_ptr(fd, F_SETOWN_EX, _OwnerEx(kind, host))
 
 
 def register_async(fd: int, number: int) -> None:

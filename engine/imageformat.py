@@ -561,9 +561,10 @@ FD_BASE = {
     "obj": F(STR, required=False, rule=pattern(_OBJ_ID, "an object id")),
     # Signal owner of the description (engine/fown.py; O_ASYNC's, a socket's SIGURG, a lease's
     # break): the process of the image that gets the signal (F_SETOWN; async_tid: F_OWNER_TID, its
-    # main thread) and the signal (F_SETSIG, absent: SIGIO).
+    # main thread; async_pgrp: F_OWNER_PGRP, the group it leads) and the signal (F_SETSIG, absent: SIGIO).
     "async_owner": F(INT, required=False, rule=rng(1, MAX_PID)),
     "async_tid": F(BOOL, required=False),
+    "async_pgrp": F(BOOL, required=False),
     "async_signal": F(INT, required=False, rule=rng(1, 64)),
 }
 
@@ -2132,8 +2133,11 @@ class _Refs:
 def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
     """Signal owner fields: the owner a process of the image (restore would make a host process the
     signal's target otherwise)."""
-    if "async_tid" in fd and "async_owner" not in fd:
-        _fail(f"{what}: 'async_tid' without 'async_owner'")
+    for key in ("async_tid", "async_pgrp"):
+        if key in fd and "async_owner" not in fd:
+            _fail(f"{what}: '{key}' without 'async_owner'")
+    if fd.get("async_tid") and fd.get("async_pgrp"):
+        _fail(f"{what}: a signal owner is a thread or a process group, not both")
     if fd["flags"] & os.O_PATH and (fd["flags"] & O_ASYNC or "async_owner" in fd or "async_signal" in fd):
         # (fcntl refuses them on such a description, and dump keeps none: it would fail once the tree is made)
         _fail(f"{what}: an O_PATH fd has no signal owner, signal or O_ASYNC")

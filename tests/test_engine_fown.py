@@ -1,7 +1,8 @@
 """Signal-driven I/O (engine/fown.py): an fd in O_ASYNC mode keeps its flag, its owner (F_SETOWN)
 and its signal (F_SETSIG) across C/R, as nginx's channels need; so does an fd with an owner and no
 O_ASYNC (a socket's SIGURG, a lease's break signal); an owner the image cannot name (a
-process outside the tree, a process group) is refused before the stop; an image whose owner is
+process outside the tree, a process group whose leader is not in the tree) is refused before
+the stop; an image whose owner is
 no process of it (a host pid) is refused by the validator.
 
 The snapshot (zdtm/snapshot.py) compares each fd's owner (named as a process of the tree)
@@ -265,14 +266,64 @@ os.close(wr); os.waitpid(pid, 0); os.close(rd)
 
 @pytest.mark.parametrize("o_async", [True, False], ids=["o_async", "owner_only"])
 def test_process_group_owner_refused_unstopped(case, o_async):
-    """A process group as owner (F_SETOWN -pgid), with O_ASYNC or without: process groups are not
-    restored, refused before the stop."""
+    """A process group as owner (F_SETOWN -pgid) whose leader is not a process of the tree (it
+    exited, a child it forked is the group), with O_ASYNC or without: refused before the stop."""
     _refused_unstopped(case, py_hold("""
-import fcntl
+import ctypes, fcntl, signal
+ctypes.CDLL(None).prctl(36, 1)   # PR_SET_CHILD_SUBREAPER: the group's member stays in the tree
+rd, wr = os.pipe()
+lead = os.fork()
+if lead == 0:
+    os.setpgid(0, 0)
+    if os.fork() == 0:
+        os.close(rd)
+        os.close(wr)
+        os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+        ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)   # (held: PR_SET_NAME)
+        while True:
+            signal.pause()
+    os._exit(0)
+os.waitpid(lead, 0)
 r, w = os.pipe(); os.dup2(r, 10); os.close(r)
-fcntl.fcntl(10, fcntl.F_SETOWN, -os.getpgrp())
+fcntl.fcntl(10, fcntl.F_SETOWN, -lead)
 """ + ("fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)\n" if o_async else "")),
-        r"process \d+ fd 10 \(pipe:\[\d+\]\): process group \d+ as its signal owner")
+        r"process \d+ fd 10 \(pipe:\[\d+\]\): process group \d+ as its signal owner \(F_SETOWN -pgid\), whose "
+        r"leader is not a process of the dumped tree")
+
+
+def test_own_process_group_owner_kept(case):
+    """A process group the tree's root leads as owner (a daemon with its own session and group),
+    with O_ASYNC and F_SETSIG: refused before session 32; kept (the snapshot compares it, as
+    "pgrp:P0"), and a write to the pipe signals the group: its member child dies of SIGUSR1 (the
+    root, its pid namespace's init, ignores it)."""
+    setup = py_hold("""
+import ctypes, fcntl, signal
+if os.fork() == 0:
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)   # (held: PR_SET_NAME)
+    while True:
+        signal.pause()
+r, w = os.pipe(); os.dup2(r, 10); os.dup2(w, 11); os.close(r); os.close(w)
+fcntl.fcntl(10, 10, signal.SIGUSR1)   # F_SETSIG
+fcntl.fcntl(10, fcntl.F_SETOWN, -os.getpgrp())
+fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
+""")
+    before, after = case.roundtrip(setup)
+    line = next(x for x in after.root.fds if x.startswith("10: "))
+    assert "async-owner=pgrp:P0 sig=10" in line, line
+    c = grab_fd(after.pid, 10)
+    try:
+        assert fown.read(c) == (fown.F_OWNER_PGRP, after.pid, signal.SIGUSR1), (fown.read(c), after.pid)
+    finally:
+        os.close(c)
+    kids = _kids(after.pid)
+    assert len(kids) == 1 and os.getpgid(kids[0]) == os.getpgid(after.pid) == after.pid, kids
+    w = grab_fd(after.pid, 11)
+    try:
+        os.write(w, b"x")
+    finally:
+        os.close(w)
+    assert _exit_signal(kids[0]) == signal.SIGUSR1
 
 
 def test_another_thread_as_owner_refused_unstopped(case):

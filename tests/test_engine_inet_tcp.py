@@ -118,6 +118,14 @@ l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
 c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept()
 c.send(b"!", socket.MSG_OOB)
 """, r"fd \d+ .*urgent data waiting"),
+    # (behind ordinary bytes: not at the mark, SIOCATMARK 0; FIONREAD stops at the mark, and dump kept
+    # "ab" alone at a sequence number past "!cd", which were lost)
+    ("""
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept()
+c.send(b"ab"); c.send(b"!", socket.MSG_OOB); c.send(b"cd")
+""", r"fd \d+ .*urgent data waiting"),
 ])
 def test_refused_before_stop(case, body, why):
     """A connection with urgent data: refused with one line naming the fd before the stop."""
@@ -126,6 +134,31 @@ def test_refused_before_stop(case, body, why):
         case.dump(pid, case.new_images_dir())
     assert re.search(why, str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_urgent_byte_read_out_of_band_refused(case):
+    """The urgent byte read out of band (recv MSG_OOB) with the bytes around it unread: a read
+    passes over its place, FIONREAD stops there; dump kept "ab" alone at a sequence number past
+    "cd" (lost). Refused once stopped (nothing tells it before), in one line; the tree keeps running
+    with its bytes."""
+    pid = case.start(_in_netns("""
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept()
+c.send(b"ab"); c.send(b"!", socket.MSG_OOB); c.send(b"cd")
+assert a.recv(1, socket.MSG_OOB) == b"!"
+os.dup2(a.fileno(), 10); os.dup2(c.fileno(), 11)
+for x in (l, c, a): x.close()
+"""))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"fd 10 .*urgent byte \(MSG_OOB\) read out of band: not supported", str(err.value)), err.value
+    with socket.socket(fileno=grab_fd(pid, 10)) as a:
+        a.settimeout(10)
+        got = b""
+        while len(got) < 4:
+            got += a.recv(10)
+        assert got == b"abcd"
 
 
 def test_syn_sent_kept(case):

@@ -37,3 +37,32 @@ def test_notsent_lowat_and_segment_size_kept(case):
         while len(got) < 100000:
             got += c.recv(1 << 17)
         assert got == b"x" * 100000
+
+
+CONN6 = """
+import socket
+l = socket.socket(socket.AF_INET6); l.bind(("::1", 7081)); l.listen()
+c = socket.socket(socket.AF_INET6); c.connect(("::1", 7081)); a, _ = l.accept()
+c.sendall(b"request"); a.sendall(b"reply")
+os.dup2(c.fileno(), 10); os.dup2(a.fileno(), 11)
+for s in (l, c, a): s.close()
+"""
+
+
+def test_ipv6_segment_size_kept(case):
+    """IPv6: emptying IPV6_HOPOPTS computes nothing (no options object: the kernel syncs the segment
+    size only when one is set), so a connection over ::1 came back sending 1208-byte segments (the
+    IPv6 minimum MTU's), not 32 KiB ones."""
+    before, after = case.roundtrip(_in_netns(CONN6))
+    for n in (10, 11):
+        with socket.socket(fileno=grab_fd(after.pid, n)) as s:
+            mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+        assert mss > 4096, f"fd {n}: segments of {mss} bytes over ::1 (its MTU is 64 KiB; live: 32 KiB)"
+    with socket.socket(fileno=grab_fd(after.pid, 10)) as c, socket.socket(fileno=grab_fd(after.pid, 11)) as a:
+        c.settimeout(10); a.settimeout(10)
+        assert c.recv(100) == b"reply" and a.recv(100) == b"request"
+        a.sendall(b"x" * 100000)
+        got = b""
+        while len(got) < 100000:
+            got += c.recv(1 << 17)
+        assert got == b"x" * 100000

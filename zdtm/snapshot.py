@@ -35,6 +35,7 @@ import difflib
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,15 @@ from zdtm import fdkinds, holder
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user", "time", "cgroup")
 OWNED_NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
+
+
+def _pty_slave(pid: int, fd: str) -> bool:
+    """Whether fd `fd` of `pid` is on a Unix98 pty slave (majors 136..143)."""
+    try:
+        st = os.stat(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) < 144
 _O_TMPFILE = 0o20000000   # __O_TMPFILE
 _TMPFILE = re.compile(r"^(.*/)#\d+ \(deleted\)$")
 _ANON = re.compile(r"^(pipe|socket|anon_inode:[^\[]*|anon_inode):\[\d+\]$")
@@ -520,7 +530,10 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
                 continue  # closed while we looked
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
-            flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
+            flags = int(info.get("flags", "0"), 8)
+            if not _pty_slave(pid, fd):
+                # (a pty slave's tells how it was opened: TIOCGPTPEER, glibc's openpty, adds none)
+                flags &= ~_O_LARGEFILE
             if "tty-index" in info:
                 masters.add(int(info["tty-index"]))
             # (who gets its signals, and which: engine/fown.py; with or without O_ASYNC)

@@ -12,6 +12,12 @@ A one-shot target (EPOLLONESHOT) that fired and was not armed again (EPOLL_CTL_M
 its flags: epoll_ctl cannot register it so, so the stand-in registers it armed for every event and
 takes its one event at once, which disarms it as it was; registered first, alone able to report.
 That needs its file to have something to report: one with nothing is refused at dump.
+
+An edge-triggered target (EPOLLET) whose file is ready but whose edge the program took already
+reports nothing until its file changes; registered again, it reports at once (epoll_ctl queues a
+ready file). An epoll with such a target that had nothing to report at dump (a poll of it: no
+POLLIN; it takes nothing) is `quiet`: the stand-in takes, once, each event its targets report
+after their registration, as the program had (a level-triggered target's comes back at once).
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from __future__ import annotations
 import os
 from engine import rx
 
-from engine.imageformat import LIST, F
+from engine.imageformat import BOOL, LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
 _TFD = rx.compile(r"^(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
 _ONESHOT = 1 << 30
+_ET = 1 << 31
 # The bits a one-shot item keeps once it fired (the kernel's EP_PRIVATE_BITS: EPOLLWAKEUP,
 # EPOLLONESHOT, EPOLLET, EPOLLEXCLUSIVE); every event a file may report (IN, PRI, OUT, RDNORM,
 # RDBAND, WRNORM, WRBAND, MSG, RDHUP; ERR and HUP come with any registration).
@@ -38,7 +45,18 @@ def _disarmed(events: int) -> bool:
 
 
 def _dump(d) -> dict:
-    return {"targets": _targets(d)}
+    targets = _targets(d)
+    if any(t["events"] & _ET for t in targets) and _quiet(d.copy()):
+        return {"targets": targets, "quiet": True}
+    return {"targets": targets}
+
+
+def _quiet(fd: int) -> bool:
+    """Whether epoll `fd` has nothing to report (a poll of it, which takes no event)."""
+    import select
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return not p.poll(0)
 
 
 def _precheck(d) -> None:
@@ -172,7 +190,7 @@ def arm_inflight(epfd: int, targets: list[dict], ends) -> None:
     import fcntl
     high = fcntl.fcntl(epfd, fcntl.F_DUPFD_CLOEXEC, 1024)
     try:
-        _register((high, [{**t, "via": ends[t["end"]]} for t in targets]), [])
+        _register_all(high, [{**t, "via": ends[t["end"]]} for t in targets])
     finally:
         os.close(high)
 
@@ -199,12 +217,25 @@ def _open(r: RestoreFd) -> int:
 
 
 def _after(entry: dict):
-    return ("register", (entry["fd"], entry["targets"])) if entry["targets"] else None
+    return ("register", (entry["fd"], entry["targets"], bool(entry.get("quiet")))) if entry["targets"] else None
 
 
 def _register(args, fds):
     """In the stand-in, once its fds are installed: add each target under its own number."""
-    epfd, targets = args
+    epfd, targets, quiet = args
+    _register_all(epfd, targets)
+    if quiet:
+        # (nothing to report, as at dump: each event the registrations queued is taken once; a
+        # level-triggered target's is queued again)
+        for _ in targets:
+            if fsys.epoll_wait_one(epfd) is None:
+                break
+    return None, []
+
+
+def _register_all(epfd: int, targets: list[dict]) -> None:
+    """Register `targets` on epoll `epfd`, each under its own number (`via`: the file at that number
+    for the call)."""
     for t in sorted(targets, key=lambda t: not _disarmed(t["events"])):   # (the disarmed ones first)
         if "via" not in t:
             _add(epfd, t["fd"], t)
@@ -227,7 +258,6 @@ def _register(args, fds):
             else:
                 os.dup2(saved, n, inheritable=inheritable)
                 os.close(saved)
-    return None, []
 
 
 def _add(epfd: int, n: int, t: dict) -> None:
@@ -243,5 +273,6 @@ def _add(epfd: int, n: int, t: dict) -> None:
 
 
 register(FdKind(name="epoll", matches=lambda t, m: t == "anon_inode:[eventpoll]", dump=_dump, open=_open,
-                check=_check, after=_after, standin={"register": _register}, fields={"targets": F(LIST)},
+                check=_check, after=_after, standin={"register": _register},
+                fields={"targets": F(LIST), "quiet": F(BOOL, required=False)},
                 precheck=_precheck))

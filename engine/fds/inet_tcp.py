@@ -58,7 +58,7 @@ from engine.fds import FdError
 
 SOL_TCP = socket.IPPROTO_TCP
 TCP_MAXSEG, TCP_INFO = 2, 11
-IPV6_HOPOPTS = 54
+IPV6_2292PKTOPTIONS = 6
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS = 19, 20, 21, 22
 TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
 REPAIR_ON, REPAIR_OFF, REPAIR_OFF_NO_WP = 1, 0, -1
@@ -135,8 +135,23 @@ def precheck(s: socket.socket, state: int, where: str) -> None:
                                         "settled")
     if peek_off(s) != -1:
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with a peek offset (SO_PEEK_OFF): not supported")
-    if _ioctl(s, SIOCATMARK):
-        raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with urgent data waiting (MSG_OOB): not supported")
+    if _ioctl(s, SIOCATMARK) or _urgent(s):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with urgent data waiting (MSG_OOB): not "
+                                        "supported; let the program read it and dump again")
+
+
+def _urgent(s: socket.socket) -> bool:
+    """Whether urgent data waits on connection `s`, at its mark or behind ordinary bytes (where
+    SIOCATMARK is 0 and FIONREAD stops: dump kept the bytes before the mark alone, the rest lost).
+    A peek of it (MSG_OOB | MSG_PEEK) takes nothing: its byte, or EAGAIN while only the peer's
+    urgent pointer came; EINVAL: none waits (none sent, read already, or SO_OOBINLINE)."""
+    try:
+        s.recv(1, socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
@@ -160,7 +175,7 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
         out["window"] = list(_WINDOW.unpack(s.getsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.size)))
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE)
         nxt = _int(s, TCP_QUEUE_SEQ) & 0xFFFFFFFF
-        recvq = _peek(s, _ioctl(s, SIOCINQ), "receive", where)
+        recvq = _peek(s, _unread(s, where), "receive", where)
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
         write = _int(s, TCP_QUEUE_SEQ) & 0xFFFFFFFF
         unsent = _ioctl(s, SIOCOUTQNSD)
@@ -189,6 +204,25 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
                 "sendq": binascii.b2a_base64(sendq, newline=False).decode(), "unsent": unsent,
                 "recvq": binascii.b2a_base64(recvq, newline=False).decode()})
     return out
+
+
+def _unread(s: socket.socket, where: str) -> int:
+    """The bytes to read on connection `s` (repair mode, the tree stopped), FIONREAD's. It stops at
+    an urgent mark ahead, whose byte a read passes over even once it was read out of band (MSG_OOB):
+    a dump of the bytes before the mark lost the rest. SO_OOBINLINE on for a moment (nobody reads:
+    the tree is stopped) counts them all: more is refused."""
+    n = _ioctl(s, SIOCINQ)
+    if s.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE):
+        return n
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+    try:
+        whole = _ioctl(s, SIOCINQ)
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 0)
+    if whole != n:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection whose unread bytes hold an urgent byte (MSG_OOB) "
+                                        "read out of band: not supported; let the program read past it and dump again")
+    return n
 
 
 def _peek(s: socket.socket, n: int, which: str, where: str) -> bytes:
@@ -267,13 +301,16 @@ def _sync_mss(s: socket.socket) -> None:
     the window were given, and nothing computes it again while the path's MTU stays (a connection
     over lo restored sent 524-byte segments, not 32 KiB ones). Setting the IP options (none, as
     before: the header's size does not change) makes the kernel compute it from the clamp, the
-    window and the path's MTU (IPv4: IP_OPTIONS; IPv6's options, emptied, compute nothing).
-    Not the size the live connection had: that one came from its window at the handshake."""
+    window and the path's MTU. IPv4: IP_OPTIONS. IPv6 computes it only when an options object is
+    set, which emptied options (IPV6_HOPOPTS b"") are not: IPV6_2292PKTOPTIONS with a control
+    buffer too short to hold a message sets one of no headers (a connection over ::1 came back
+    sending 1208-byte segments, the minimum MTU's). Not the size the live connection had: that one
+    came from its window at the handshake."""
     try:
         if s.family == socket.AF_INET:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")
         else:
-            s.setsockopt(socket.IPPROTO_IPV6, IPV6_HOPOPTS, b"")
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_2292PKTOPTIONS, bytes(4))
     except OSError:
         pass   # (a kernel that refuses: the segment size stays the default's, as before)
 

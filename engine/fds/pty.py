@@ -45,6 +45,7 @@ from engine import procstat
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
 TIOCGPTPEER = 0x5441
+O_LARGEFILE = 0o100000   # (fdinfo's on x86: open(2) adds it on 64-bit, TIOCGPTPEER not)
 MAX_INDEX = 1 << 20
 
 
@@ -527,7 +528,15 @@ def _open(r: RestoreFd) -> int:
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (e["flags"] & os.O_NONBLOCK))
         return fd
-    fd = r.open_at(e["mnt"], e["path"], (e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)) | os.O_NOCTTY)
+    flags = (e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)) | os.O_NOCTTY
+    if e["flags"] & O_LARGEFILE or e.get("orphan"):
+        fd = r.open_at(e["mnt"], e["path"], flags)
+    else:
+        # Got from its master (TIOCGPTPEER, as glibc's openpty does): no O_LARGEFILE, which open(2)
+        # adds on 64-bit and F_SETFL cannot take off; the ioctl opens it so again. (Without
+        # O_CLOEXEC, which it would keep in the status flags: the fd's own flag is set after.)
+        fd = fcntl.ioctl(master, TIOCGPTPEER, flags & ~os.O_CLOEXEC)
+        os.set_inheritable(fd, False)
     if e.get("ctty"):
         try:
             r.standin("ctty_slave", {}, [fd])

@@ -32,6 +32,7 @@ MAX_MSGS = 4096
 
 
 SO_PASSPIDFD = 76
+SO_SNDBUFFORCE = 32   # (socket has no name for it)
 SCM_PIDFD = 4   # (the control message SO_PASSPIDFD adds: the sender's pidfd)
 
 
@@ -86,7 +87,7 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
                 data, anc, flags, _addr = _recv_peek(s)
             except BlockingIOError:
                 break
-            real = [c for c in anc if creds and c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)]
+            real = [c for c in anc if creds and is_creds(c)]
             if creds and not real and not data and not anc:
                 break   # (the end of file)
             anc = [c for c in anc if c not in real]
@@ -137,10 +138,15 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
 def refuse_creds(anc: list, where: str) -> None:
     """Refuse a queued message that carries its sender's credentials (its reader set SO_PASSCRED,
     as journald's and sd_notify sockets do): restore would send it with the restorer's."""
-    if any(c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for c in anc):
+    if any(is_creds(c) for c in anc):
         raise FdError(errno.EOPNOTSUPP, f"{where}: messages queued on a socket whose reader set SO_PASSCRED (each "
                                         "carries its sender's credentials, which restore cannot give it): not "
                                         "supported; let the program read its queue first")
+
+
+def is_creds(cmsg: tuple) -> bool:
+    """Whether ancillary data item `cmsg` (level, type, data) is a sender's credentials (SCM_CREDENTIALS)."""
+    return cmsg[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
 
 
 def refuse_passcred_queue(s: socket.socket, c: int, where: str) -> None:
@@ -196,14 +202,27 @@ def held(d, fd: int) -> bool:
     epoll's so held is restored by that fd, its interest list with it (FdTable.mark_shared)."""
     from engine.fds import sys as fsys
     st = os.fstat(fd)
-    for pid in d.scratch.get("pids") or (d.pid,):
-        for n, t in kernel.fd_stats(pid):
-            try:
-                if (t.st_dev, t.st_ino) == (st.st_dev, st.st_ino) and fsys.same_file(pid, n, os.getpid(), fd):
-                    return True
-            except OSError:
-                continue
+    for pid, n in _fd_index(d).get((st.st_dev, st.st_ino), ()):
+        try:
+            if fsys.same_file(pid, n, os.getpid(), fd):
+                return True
+        except OSError:
+            continue
     return False
+
+
+def _fd_index(d) -> dict:
+    """{(dev, inode): [(pid, fd)]} of the fds of the tree's processes (d.scratch["pids"], else d.pid),
+    read once a dump or check (kept in d.scratch under those pids), not once an fd in flight."""
+    pids = tuple(d.scratch.get("pids") or (d.pid,))
+    index = d.scratch.get(("fd_index", pids))
+    if index is None:
+        index = {}
+        for pid in pids:
+            for n, t in kernel.fd_stats(pid):
+                index.setdefault((t.st_dev, t.st_ino), []).append((pid, n))
+        d.scratch[("fd_index", pids)] = index
+    return index
 
 
 class _Copy:
@@ -402,8 +421,9 @@ def waiting(s: socket.socket, c: int) -> bool:
     datagram or seqpacket socket's head is peeked at (with no peek offset: an empty message
     peeked at before is passed over at an offset); a seqpacket socket's end of file is told from an
     empty message by SO_PASSCRED, set for the peek (a message carries credentials, it none)."""
-    if inq(c) or s.type == socket.SOCK_STREAM:
-        return inq(c) > 0
+    n = inq(c)
+    if n or s.type == socket.SOCK_STREAM:
+        return n > 0
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     seqpacket = s.type == socket.SOCK_SEQPACKET
     creds = seqpacket and not s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
@@ -420,7 +440,7 @@ def waiting(s: socket.socket, c: int) -> bool:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
     for fd in passed_fds(anc):
         os.close(fd)
-    return not seqpacket or bool(data) or any(x[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) for x in anc)
+    return not seqpacket or bool(data) or any(is_creds(x) for x in anc)
 
 
 def charged(typ: int, queue: list) -> int | None:
@@ -432,7 +452,7 @@ def charged(typ: int, queue: list) -> int | None:
         return None
     a, b = socket.socketpair(socket.AF_UNIX, typ)
     try:
-        a.setsockopt(socket.SOL_SOCKET, 32, 1 << 25)   # SO_SNDBUFFORCE: the whole queue fits
+        a.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 1 << 25)   # (the whole queue fits)
         for m in queue:
             a.send(binascii.a2b_base64(m), socket.MSG_DONTWAIT)
         return outq(a.fileno())
