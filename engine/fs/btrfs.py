@@ -14,7 +14,7 @@ from engine.records import record
 
 from engine import kernel
 from engine.fs import FsError, FsType, block_recipe, register
-from engine.fs._blockdev import BlockType
+from engine.fs._blockdev import BlockType, mountpoint_of
 
 BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, fsid at 16
 
@@ -61,8 +61,7 @@ class BtrfsType(BlockType):
         dev = sb["device"]["dev"]
         fellows = fellow_devices(dev)
         if len(fellows) > 1:
-            mps = sorted(e["mountpoint"] for ns in plan.mntns_doc.values() for e in ns["mounts"] if e["sb"] == sid)
-            mp = (mps or ["MOUNTPOINT"])[0]
+            mp = mountpoint_of(sid, plan)
             raise FsError(errno.EOPNOTSUPP, f"superblock {sid} (btrfs on {sb['source']}): the filesystem spans "
                                             f"{len(fellows)} devices ({' '.join(fellows)}) and restore attaches a "
                                             f"loop device for {dev} alone; declare the mount with --external "
