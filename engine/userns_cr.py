@@ -191,6 +191,7 @@ class _Plan:
         self.first_kinds: dict[int, list[str]] = {}   # pid -> its namespaces its own user namespace made
         self.late: set[int] = set()   # "enter_first" processes and their descendants (check_late)
         self.late_ns: list[str] = []   # names of the namespaces a late process is the first in
+        self.late_bound: list[str] = []   # the same as an nsfs root shows them ("pid:[N]")
         self.first_in: dict[tuple[str, int], int] = {}   # (kind, inode) -> the tree's first process in it
 
     def name(self, key: int) -> str | None:
@@ -513,6 +514,7 @@ class _Plan:
                 maker = first.setdefault((kind, ino), pid)
                 if maker == pid and pid in self.late and (kind, ino) in names:
                     self.late_ns.append(names[(kind, ino)])
+                    self.late_bound.append(f"{kind}:[{ino}]")
                 if maker in self.late and pid not in self.late:
                     raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
                                                         f"{maker}, whose stand-in enters its mount namespace before "
@@ -522,6 +524,7 @@ class _Plan:
         """plan()'s document."""
         ids = self.ids
         return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners, "late_ns": self.late_ns,
+                "late_bound": self.late_bound,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
 
@@ -549,12 +552,15 @@ def check_late_superblocks(superblocks: dict, mntns: dict, users_plan: dict) -> 
     late process: one whose stand-in enters its mount namespace before its user namespace, or its
     descendant): one tagged with a namespace a late process is the first in (a proc of the pid
     namespace of `unshare -rpf`), or of a type bound to a namespace mounted only in mount
-    namespaces late processes made (its maker is found among the processes that see it). Asked
-    before the stop (engine/prestop.py, with the superblocks its probes tagged) and once stopped."""
+    namespaces late processes made (its maker is found among the processes that see it); and a
+    bind of such a namespace on a file (`mount --bind /proc/PID/ns/pid_for_children F`: restore
+    binds it before its first process exists). Asked before the stop (engine/prestop.py, with the
+    superblocks its probes tagged) and once stopped."""
     from engine import fs
     late = set(users_plan.get("late_ns") or ())
     if not late:
         return
+    _check_late_binds(mntns, late, set(users_plan.get("late_bound") or ()))
     early = {m["sb"] for name, ns in mntns.items() if name not in late for m in ns["mounts"]}
     why = "enters its mount namespace before its user namespace (`unshare -rpf` without -m), late: not supported yet"
     for sid, sb in superblocks.items():
@@ -570,6 +576,22 @@ def check_late_superblocks(superblocks: dict, mntns: dict, users_plan: dict) -> 
                 raise UsernsError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}) on "
                                                     f"{superblocks[m['sb']]['fstype']}: made in {name}, whose "
                                                     f"processes' stand-ins are forked late: the first {why}")
+
+
+def _check_late_binds(mntns: dict, late: set[str], late_roots: set[str]) -> None:
+    """Refuse a mount that binds a namespace a late process is the first in: by the image's name
+    once the type planned it (`bound_ns`), by its root ("/pid:[N]") before the stop."""
+    for ns in mntns.values():
+        for m in ns["mounts"]:
+            bound = m.get("bound_ns") if m.get("bound_ns") in late else \
+                m["root"].lstrip("/") if m["root"].lstrip("/") in late_roots else None
+            if bound is not None:
+                raise UsernsError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): it binds namespace {bound}, "
+                                                    "whose first process's stand-in is forked late (it, or an "
+                                                    "ancestor, enters its mount namespace before its user "
+                                                    "namespace) and restore binds the namespace before: not "
+                                                    f"supported yet; unmount it before dump (umount "
+                                                    f"{m['mountpoint']}, in the tree's mount namespace)")
 
 
 def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:

@@ -34,6 +34,10 @@ LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 _INFO64 = "<QQQQQIIII64s64s32sQQ"  # struct loop_info64 (232 bytes)
+# Super options that name a second device (xfs's external log and realtime devices, ext3/4's
+# journal): the image keeps no host path (engine/imageformat.py HOST_OPTS), and restore makes the
+# device of the source alone.
+SECOND_DEVICE_OPTS = ("logdev", "rtdev", "journal_dev", "journal_path")
 
 
 def _open_bdev(rdev: int) -> int | None:
@@ -66,6 +70,21 @@ def loop_status(rdev: int) -> dict | None:
     dev, ino, _, offset, sizelimit, _, _, _, flags, *_ = struct.unpack(_INFO64, buf)
     return {"dev": f"{os.major(dev)}:{os.minor(dev)}", "ino": ino, "offset": offset, "sizelimit": sizelimit,
             "ro": bool(flags & LO_FLAGS_READ_ONLY)}
+
+
+def mountpoint_of(sid: str, plan) -> str:
+    """The first mount point (sorted) of superblock `sid` in the plan's mount namespaces."""
+    mps = sorted(e["mountpoint"] for ns in plan.mntns_doc.values() for e in ns["mounts"] if e["sb"] == sid)
+    return (mps or ["MOUNTPOINT"])[0]
+
+
+def one_device_only(sid: str, sb: dict, plan, why: str, dev: str | None) -> FsError:
+    """The refusal of a filesystem that needs a device beside its source's (`why` says which)."""
+    return FsError(errno.EOPNOTSUPP, f"superblock {sid} ({sb['fstype']} on {sb['source']}): {why}, and restore "
+                                     "makes the device of its source alone; declare the mount with --external "
+                                     f"mnt[{mountpoint_of(sid, plan)}]:KEY" +
+                                     (f", or its device with --external dev[{dev}]:KEY naming a block device "
+                                      "whose fellow the host has" if dev else ""))
 
 
 def attach_loop(file_fd: int, offset: int = 0, sizelimit: int = 0, readonly: bool = False) -> tuple[int, int]:
@@ -142,6 +161,10 @@ class BlockType(FsType):
         return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else None
 
     def plan_device(self, sid: str, sb: dict, plan) -> bool:
+        # (asked before the stop too, engine/prestop.py: a refusal leaves the tree running)
+        opts = [o for o in sb.get("super_opts") or () if o.partition("=")[0] in SECOND_DEVICE_OPTS]
+        if opts:   # (xfs's logdev=, rtdev=: the image keeps no host device path)
+            raise one_device_only(sid, sb, plan, f"mounted with {','.join(opts)}, a second device", None)
         st = loop_status(os.makedev(*(int(x) for x in sb["device"]["dev"].split(":"))))
         backing = plan.sb_of_dev.get(st["dev"]) if st else None
         if backing is None or plan.superblocks[backing]["external"] \

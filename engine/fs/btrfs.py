@@ -7,13 +7,14 @@ the device it had at dump: the device is found through the filesystem's id inste
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from engine.records import record
 
 from engine import kernel
-from engine.fs import FsType, block_recipe, register
-from engine.fs._blockdev import BlockType
+from engine.fs import FsError, FsType, block_recipe, register
+from engine.fs._blockdev import BlockType, mountpoint_of
 
 BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, fsid at 16
 
@@ -53,6 +54,40 @@ class BtrfsType(BlockType):
         except OSError:
             pass
         return None
+
+    def plan_device(self, sid: str, sb: dict, plan) -> bool:
+        """Refuse a filesystem over several devices (-d raid1, `btrfs device add`): it mounts only
+        once the kernel knows every one, and restore attaches a loop device for the source alone."""
+        dev = sb["device"]["dev"]
+        fellows = fellow_devices(dev)
+        if len(fellows) > 1:
+            mp = mountpoint_of(sid, plan)
+            raise FsError(errno.EOPNOTSUPP, f"superblock {sid} (btrfs on {sb['source']}): the filesystem spans "
+                                            f"{len(fellows)} devices ({' '.join(fellows)}) and restore attaches a "
+                                            f"loop device for {dev} alone; declare the mount with --external "
+                                            f"mnt[{mp}]:KEY, or its device with --external dev[{dev}]:KEY naming "
+                                            "a block device whose fellows the host has scanned")
+        return super().plan_device(sid, sb, plan)
+
+
+def fellow_devices(dev: str | None, base: str = "/sys/fs/btrfs") -> list[str]:
+    """"MAJ:MIN" of every device of the btrfs filesystem that block device `dev` belongs to (the
+    host's /sys/fs/btrfs/FSID/devices), sorted; [] when no btrfs filesystem lists it."""
+    try:
+        fsids = os.listdir(base)
+    except OSError:
+        return []
+    for fsid in fsids:
+        devs = []
+        try:
+            for name in os.listdir(f"{base}/{fsid}/devices"):
+                with open(f"{base}/{fsid}/devices/{name}/dev") as f:
+                    devs.append(f.read().strip())
+        except OSError:
+            continue
+        if dev in devs:
+            return sorted(devs)
+    return []
 
 
 # subvol=/x and subvolid select what the mount shows: its root says the same, and fsconfig
