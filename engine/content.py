@@ -212,10 +212,25 @@ def _archive_child(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan:
         # Last, so that extracting them sets those directories as they are (tar keeps a directory
         # that exists and gives it the later member's mode, owner and times), then fills them.
         cmd += ["-C", f"/proc/self/fd/{staging}/{_COVERED}", *covered]
-    code, _, err = run(cmd, stdout=out_fd, pass_fds=(staging,), env={**os.environ, "LC_ALL": "C"})
-    if code not in (0, 1):  # 1: "file changed as we read it", the tree is stopped
-        raise OSError(f"archiving files failed: {_last_line(_text(err), 'tar failed')}")
-    chan.send(("ok", _sockets_left_out(staging, _text(err))))
+    try:
+        code, _, err = run(cmd, stdout=out_fd, pass_fds=(staging,), env={**os.environ, "LC_ALL": "C"})
+        if code not in (0, 1):  # 1: "file changed as we read it", the tree is stopped
+            raise OSError(f"archiving files failed: {_last_line(_text(err), 'tar failed')}")
+        left_out = _sockets_left_out(staging, _text(err))
+    finally:
+        _let_go(staging)
+    chan.send(("ok", left_out))
+
+
+def _let_go(staging: int) -> None:
+    """Unmount the staging tmpfs and the mounts attached in it, and close it: a helper that archives
+    batch after batch (archive_in, dump's kept namespace helper) would otherwise keep every batch's
+    mounts in its namespace until it ends."""
+    try:
+        kernel.umount2(f"/proc/self/fd/{staging}", kernel.MNT_DETACH)
+    except OSError:
+        pass   # (they go with the helper's namespace when it exits, as a one-shot child's do)
+    os.close(staging)
 
 
 def _sockets_left_out(staging: int, stderr: str) -> list[tuple[str, dict]]:

@@ -193,3 +193,40 @@ mount -t proc p /mnt/b; mount -t tmpfs c /mnt/b
     want = {"in_check": 1, "kept_in_check": 0} if ids == "mountinfo" else {"in_check": 0, "kept_in_check": 1}
     assert forks == want, forks
     assert_same(before, take(case.restore(images)))
+
+
+def _inspected(ns_fd: int, pids: list[int]) -> None:
+    return None
+
+
+def _archive_three_times(tmp: str) -> list[int]:
+    """In a private mount namespace of its own: a Kept helper of it archives one fresh tmpfs three
+    times; the number of mounts its namespace has after each."""
+    from engine import kernel, nscopy
+    nsfd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        kept = nscopy.Kept(nsfd, [os.getpid()], _inspected)
+    finally:
+        os.close(nsfd)
+    counts = []
+    try:
+        for i in range(3):
+            mnt = kernel.scratch_tmpfs()
+            try:
+                with open(f"{tmp}/a{i}.tar", "wb") as out:
+                    kept.archive([(mnt, f"sb-{i}")], out.fileno(), {})
+            finally:
+                os.close(mnt)
+            with open(f"/proc/{kept.pid}/mountinfo") as f:
+                counts.append(len(f.read().splitlines()))
+    finally:
+        kept.close()
+    return counts
+
+
+def test_a_kept_helper_keeps_no_archive_staging_mounted(tmp_path):
+    """The helper that archives batch after batch lets each batch's staging tmpfs and the mounts
+    attached in it go once tar is done (else every archived mount of the dump stays mounted in its
+    namespace until the archives end: a tree of many filesystems reaches fs.mount-max)."""
+    counts = forkrun.in_mount_ns(_archive_three_times, str(tmp_path))
+    assert counts[0] == counts[1] == counts[2], counts
