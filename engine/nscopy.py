@@ -323,7 +323,7 @@ class Kept:
         """Yield what the helper sends for the clones of `wanted` (_clone_reporting's messages) until
         its "done" (asked once: the copy is its own after it); then it stays for `archive`, or is let
         go when it cannot archive or the clones were not all taken."""
-        self.chan.send(("clone", wanted, orig, at))
+        _request(self.chan, ("clone", wanted, orig, at))
         done = False
         try:
             while True:
@@ -342,8 +342,8 @@ class Kept:
         """content.archive's child's work (content.archive_in) done by this idle helper: the fds
         travel with the request, at most channel.MAX_FDS (`fits`). Returns what the child returns."""
         fds = [out_fd, *(fd for fd, _ in mounts), *(vfd for views in dirs.values() for _, vfd in views)]
-        self.chan.send(("archive", [name for _, name in mounts],
-                        {member: [rel for rel, _ in views] for member, views in dirs.items()}), fds)
+        _request(self.chan, ("archive", [name for _, name in mounts],
+                             {member: [rel for rel, _ in views] for member, views in dirs.items()}), fds)
         msg, rfds = channel.next_message(self.chan)
         for fd in rfds:
             os.close(fd)
@@ -383,6 +383,7 @@ def _serve(ns_fd: int, pids: list[int], home: int, mine: channel.Channel, chan: 
         except channel.ChannelClosed:
             return
         try:
+            req, fds = _received(req, fds)
             if req[0] == "clone" and first:
                 kernel.setns(home, kernel.CLONE_NEWNS)
                 _clone_in_copy(ns_fd, pids, req[1], req[2], chan, req[3], True)
@@ -397,6 +398,42 @@ def _serve(ns_fd: int, pids: list[int], home: int, mine: channel.Channel, chan: 
         except BaseException as e:  # noqa: BLE001 - reported to the parent
             chan.send(channel.error_reply(e) if isinstance(e, OSError) else ("error", forkrun.format_tb(e, limit=3)))
             return
+
+
+# A request bigger than this goes in a memory file: a seqpacket datagram is bounded by the socket's
+# send buffer (net.core.wmem_default, ~208 KiB), and a clone request carries the namespace's mount
+# list (10,000 mounts: ~1.5 MB).
+_INLINE = 64 << 10
+
+
+def _request(chan: channel.Channel, req: tuple, fds=()) -> None:
+    """Send Kept's request `req` with `fds` (_received takes it in)."""
+    data = forkrun.pickle.dumps(req)
+    if len(data) <= _INLINE:
+        chan.send(req, fds)
+        return
+    mfd = os.memfd_create("mntcr-request", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(mfd, view):]
+        chan.send(("in_file",), [mfd, *fds])
+    finally:
+        os.close(mfd)
+
+
+def _received(req: tuple, fds: list[int]) -> tuple[tuple, list[int]]:
+    """The request and fds _request sent: one that came in a memory file read from it (first fd)."""
+    if req[0] != "in_file":
+        return req, fds
+    try:
+        os.lseek(fds[0], 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fds[0], 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fds[0])
+    return forkrun.pickle.loads(b"".join(chunks)), fds[1:]
 
 
 def _archive_request(req: tuple, fds: list[int], chan: channel.Channel) -> None:

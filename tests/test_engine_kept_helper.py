@@ -230,3 +230,31 @@ def test_a_kept_helper_keeps_no_archive_staging_mounted(tmp_path):
     namespace until the archives end: a tree of many filesystems reaches fs.mount-max)."""
     counts = forkrun.in_mount_ns(_archive_three_times, str(tmp_path))
     assert counts[0] == counts[1] == counts[2], counts
+
+
+def test_a_request_bigger_than_a_datagram_arrives_whole():
+    """A clone request carries the namespace's mount list (~1.5 MB at 10,000 mounts: `scale.py
+    --mounts 10000` failed "Message too long"); one a seqpacket datagram cannot carry goes in a
+    memory file, with the request's fds after it."""
+    from engine import channel, nscopy
+    mine, theirs = channel.Channel.pair()
+    big = ("clone", list(range(300_000)), ["/m"] * 1000, {})
+    with pytest.raises(OSError):
+        mine.send(big)   # (what a plain send does with it)
+    r, w = os.pipe()
+    try:
+        nscopy._request(mine, big, [r])
+        req, fds = nscopy._received(*theirs.recv())
+        assert req == big
+        assert len(fds) == 1 and os.path.samestat(os.fstat(fds[0]), os.fstat(r))
+        os.close(fds[0])
+        nscopy._request(mine, ("archive", ["sb-0"], {}), [w])
+        req, fds = nscopy._received(*theirs.recv())
+        for fd in fds:
+            os.close(fd)
+        assert req == ("archive", ["sb-0"], {}) and len(fds) == 1
+    finally:
+        mine.close()
+        theirs.close()
+        os.close(r)
+        os.close(w)
