@@ -516,6 +516,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         _check_external_binds(d)    #    other mounts of external superblocks lie in an external one
         _plan_superblocks(d)        #    sources, sharing, each type's own plan
         _plan_clones(d)             # 4. which mounts to clone: archives, ghosts, probes
+        _release_helpers(d)         #    namespace helpers nothing will be cloned from
         _record_pid_namespaces(d)
         _archive_contents(d)        #    clone them from namespace copies and archive their files
     finally:
@@ -556,12 +557,26 @@ def _inspect_namespaces(d: _Dump) -> None:
     for ino, members in d.by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
-            # (its helper stays for the clones _archive_contents asks of the namespace: one fork less)
-            d.kept[ino] = nscopy.Kept(fd, members, nsinspect.inspect_ns, by_statmount)
-            d.ns_data[ino] = d.kept[ino].result
+            if len(d.kept) < _KEPT_MAX:
+                # (its helper stays for the clones _archive_contents asks of the namespace: one fork less)
+                d.kept[ino] = nscopy.Kept(fd, members, nsinspect.inspect_ns, by_statmount)
+                d.ns_data[ino] = d.kept[ino].result
+            else:   # (this namespace's clones fork a helper of their own)
+                d.ns_data[ino] = forkrun.run(nsinspect.inspect_ns, fd, members, by_statmount)
         finally:
             os.close(fd)
         d.ns_data[ino]["mounts"] = mountinfo.parse(d.ns_data[ino].pop("mountinfo"), d.ns_data[ino]["unique"])
+
+
+# A kept namespace helper holds the pages it copied on write (~9 MB in a small namespace): a tree of
+# many mount namespaces keeps this many at once, not one a namespace.
+_KEPT_MAX = 4
+
+
+def _release_helpers(d: _Dump) -> None:
+    """Let the namespace helpers go whose namespaces nothing is cloned from."""
+    for ino in [ino for ino in d.kept if ino not in d.clone_plan]:
+        d.kept.pop(ino).close()
 
 
 def _sb_sources(ns_data: dict) -> dict[str, str]:

@@ -133,6 +133,59 @@ hold
     assert out.stdout == "first\n", out.stderr
 
 
+# Counts the Kept helpers alive at once (made and not yet let go), then dumps.
+_LIVE_COUNTING = """
+import json, sys
+from engine import nscopy
+live = {"now": 0, "most": 0}
+init, close = nscopy.Kept.__init__, nscopy.Kept.close
+def counted_init(self, *a, **k):
+    init(self, *a, **k)
+    live["now"] += 1
+    live["most"] = max(live["most"], live["now"])
+def counted_close(self):
+    live["now"] -= self.pid is not None
+    close(self)
+nscopy.Kept.__init__, nscopy.Kept.close = counted_init, counted_close
+from engine import cli
+code = cli.main(sys.argv[1:])
+print(json.dumps([code, live]))
+"""
+
+
+def test_a_tree_of_many_namespaces_keeps_a_few_helpers_at_once(case):
+    """Seven mount namespaces, one with a file on its own tmpfs: no more than dump._KEPT_MAX helpers
+    live at once (each holds megabytes of pages copied on write), the others' namespaces still
+    dumped, and the file comes back."""
+    from engine import dump
+    setup = """
+unshare -m --propagation private sh -c 'mount -t tmpfs two /tmp; echo second > /tmp/g; touch /run/ready;
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /run/ready
+for n in 2 3 4 5 6 7; do
+    unshare -m --propagation private sh -c "touch /run/ready$n; exec /.hold/mntcr-hold 100000" </dev/null >/dev/null 2>&1 &
+    wait_for /run/ready$n
+done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    images = case.new_images_dir()
+    r = subprocess.run([sys.executable, "-S", "-c", _LIVE_COUNTING, "dump", "-t", str(pid), "-D", images,
+                        *DUMP_EXTERNALS], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), cwd=PROJECT_ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    code, live = json.loads(r.stdout.splitlines()[-1])
+    assert code == 0, r.stderr
+    assert 1 <= live["most"] <= dump._KEPT_MAX and live["most"] < 7 and live["now"] == 0, live
+    restored = case.restore(images)
+    assert_same(before, take(restored))
+    kids = subprocess.run(["pgrep", "-P", str(restored)], capture_output=True, text=True).stdout.split()
+    found = [subprocess.run(["nsenter", "-t", k, "-m", "cat", "/tmp/g"], capture_output=True, text=True).stdout
+             for k in kids]
+    assert "second\n" in found, found
+
+
 # Counts the clone helpers the pre-stop checks fork (channel.fork_stream of nscopy's _clone_reporting
 # while prestop.check runs), then dumps.
 _PRESTOP_COUNTING = """
