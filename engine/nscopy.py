@@ -363,6 +363,7 @@ class Kept:
             Kept._ends.discard(self.chan.fileno())
             self.chan.close()
             os.waitpid(self.pid, 0)
+            forkrun.going_on.discard(self.pid)
             self.pid = None
 
 

@@ -117,3 +117,35 @@ def test_refusal_names_the_declaration(case):
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert f"--external pipe[{ino}]:KEY and restore with --external file[KEY]:PATH" in str(err.value)
+
+
+def _wait_for_eof(r: int, w: int) -> None:
+    """A helper's work after its answer: wait until the caller closes its end (`w`, closed here)."""
+    os.close(w)
+    os.read(r, 1)
+
+
+def test_a_helper_of_the_dumper_is_not_an_outside_holder():
+    """A helper the dumper forked and keeps (forkrun.run's `then`: dump's namespace helpers) holds
+    copies of the dumper's fds: not a process outside the tree holding the pipe, which a plain child
+    holding the same pipe is."""
+    from engine import forkrun
+    from engine.fds import pipe_outside
+    r, w = os.pipe()
+    target = os.readlink(f"/proc/self/fd/{r}")
+    gate_r, gate_w = os.pipe()
+    _, helper = forkrun.run(int, 0, then=_wait_for_eof, then_args=(gate_r, gate_w))
+    plain = os.fork()
+    if plain == 0:
+        _wait_for_eof(gate_r, gate_w)
+        os._exit(0)
+    try:
+        found = {pid for pid, _, _ in pipe_outside.holders({target}, set())}
+        assert helper not in found and plain in found, (helper, plain, found)
+    finally:
+        os.close(gate_w)
+        os.waitpid(plain, 0)
+        os.waitpid(helper, 0)
+        forkrun.going_on.discard(helper)
+        for fd in (r, w, gate_r):
+            os.close(fd)

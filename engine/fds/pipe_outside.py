@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import kernel
+from engine import forkrun, kernel
 
 SCRATCH = "pipe-outside"
 
@@ -57,11 +57,11 @@ def prefinish(scratch: dict) -> None:
 
 def holders(targets: set[str], tree: set[int]):
     """(pid, fd, target) of each fd on one of `targets` (fd link targets: pipe:[N], socket:[N]) held by
-    a process not in `tree` (nor this one)."""
+    a process not in `tree`, nor this one or a helper it keeps (forkrun.going_on: copies of its fds)."""
     me = os.getpid()
     others = (int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in tree and int(n) != me)
     for pid, path, target in kernel.fd_links(others):
-        if target in targets:
+        if target in targets and pid not in forkrun.going_on:
             yield pid, int(path.rsplit("/", 1)[1]), target
 
 
