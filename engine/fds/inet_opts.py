@@ -63,6 +63,30 @@ OPTS = {
     "checksum6": (IPPROTO_IPV6, 7, "int", ("inet6",), ("raw",)),
     # whether its socket filter is locked (SO_LOCK_FILTER: set after the filter, engine/fds/inet_filter.py)
     "lock_filter": (SOL_SOCKET, 44, "int", None, None),
+    # Found lost at C/R by session 32's hunt (restored with their defaults, the snapshot comparing
+    # none): receive timestamps (chrony's, ptp4l's flags), multicast TTL/hops, loop and "all" (of a
+    # datagram socket: a stream refuses them), the
+    # destination address and traffic class reported with each datagram, don't-fragment, a minimum
+    # TTL (GTSM), a socket's own local port range (Linux 6.3), a TCP socket's congestion control (a
+    # name: one this kernel has loaded, `apply`), FIN_WAIT2 time, SYN retries, TCP_INQ's cmsg, thin
+    # streams' linear timeouts, an added delay, a listener's saved SYNs.
+    "timestampns": (SOL_SOCKET, 35, "int", None, None), "timestamping": (SOL_SOCKET, 37, "int", None, None),
+    "multicast_ttl": (IPPROTO_IP, 33, "int", ("inet",), _DGRAM),
+    "multicast_loop": (IPPROTO_IP, 34, "int", ("inet",), _DGRAM),
+    "multicast_all": (IPPROTO_IP, 49, "int", ("inet",), _DGRAM),
+    "recvorigdstaddr": (IPPROTO_IP, 20, "int", ("inet",), None), "minttl": (IPPROTO_IP, 21, "int", ("inet",), None),
+    "local_port_range": (IPPROTO_IP, 51, "int", None, None),
+    "multicast_hops": (IPPROTO_IPV6, 18, "int", ("inet6",), _DGRAM),
+    "multicast_loop6": (IPPROTO_IPV6, 19, "int", ("inet6",), _DGRAM),
+    "multicast_all6": (IPPROTO_IPV6, 29, "int", ("inet6",), _DGRAM),
+    "recvtclass": (IPPROTO_IPV6, 66, "int", ("inet6",), None), "dontfrag": (IPPROTO_IPV6, 62, "int", ("inet6",), None),
+    "recvorigdstaddr6": (IPPROTO_IPV6, 74, "int", ("inet6",), None),
+    "autoflowlabel": (IPPROTO_IPV6, 70, "int", ("inet6",), None),
+    "minhopcount": (IPPROTO_IPV6, 73, "int", ("inet6",), None),
+    "congestion": (IPPROTO_TCP, 13, "name", None, ("tcp",)), "linger2": (IPPROTO_TCP, 8, "int", None, ("tcp",)),
+    "syncnt": (IPPROTO_TCP, 7, "int", None, ("tcp",)), "inq": (IPPROTO_TCP, 36, "int", None, ("tcp",)),
+    "thin_linear_timeouts": (IPPROTO_TCP, 16, "int", None, ("tcp",)),
+    "tx_delay": (IPPROTO_TCP, 37, "int", None, ("tcp",)), "save_syn": (IPPROTO_TCP, 27, "int", None, ("tcp",)),
     # which buffer sizes are the program's (SO_BUF_LOCK, Linux 5.14: bits 1 send, 2 receive): set last,
     # since setting a size sets its bit too (a lock cleared after a size was set stays cleared)
     "buf_lock": (SOL_SOCKET, 72, "int", None, None),
@@ -75,6 +99,8 @@ _STRUCTS = {"timeval": struct.Struct("ll"), "linger": struct.Struct("ii"), "mask
 
 def _get(s: socket.socket, name: str):
     level, num, how, _f, _p = OPTS[name]
+    if how == "name":   # (a NUL-ended name of up to 15 bytes: TCP_CONGESTION's)
+        return s.getsockopt(level, num, 16).split(b"\0")[0].decode("ascii", "replace")
     if how in _STRUCTS:
         return list(_STRUCTS[how].unpack(s.getsockopt(level, num, _STRUCTS[how].size)))
     return s.getsockopt(level, num)
@@ -106,7 +132,10 @@ def apply(s: socket.socket, opts: dict, force: bool = True) -> None:
             continue
         level, num, how, _f, _p = OPTS[name]
         try:
-            if how in _STRUCTS:
+            if how == "name":
+                _loaded(want)
+                s.setsockopt(level, num, want.encode())
+            elif how in _STRUCTS:
                 s.setsockopt(level, num, _STRUCTS[how].pack(*want))
             elif name in _FORCE:
                 # (the kernel doubles what it is given, and caps it at [rw]mem_max unless forced)
@@ -124,6 +153,19 @@ def apply(s: socket.socket, opts: dict, force: bool = True) -> None:
             raise FdError(errno.EINVAL, f"socket option {name} came back as {_get(s, name)}, not {want}")
 
 
+def _loaded(cc: str) -> None:
+    """Refuse a TCP congestion control this kernel has not loaded (setting one would load its
+    module, tcp_NAME, which an image must not choose)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            have = f.read().split()
+    except OSError:
+        return   # (no /proc/sys: the kernel refuses an unknown one as it can)
+    if cc not in have:
+        raise FdError(errno.ENOENT, f"TCP congestion control {cc!r} is not loaded on this kernel (it has "
+                                    f"{' '.join(have)}): load its module (tcp_{cc}) and restore again")
+
+
 def check(opts, family: str, proto: str, what: str) -> None:
     """The image validator's part: known names that apply to the socket, bounded ints (timeouts:
     [seconds, microseconds]; linger: [on, seconds]; an ICMP filter's words)."""
@@ -135,6 +177,8 @@ def check(opts, family: str, proto: str, what: str) -> None:
             _fail(f"{what}: bad socket option {str(name)[:40]!r}")
         how = OPTS[name][2]
         ok = (how == "int" and type(v) is int and -(1 << 31) <= v < 1 << 31) or \
+             (how == "name" and type(v) is str and 0 < len(v) < 16 and v.isascii()
+              and all(c.isalnum() or c == "_" for c in v)) or \
              (how in _STRUCTS and type(v) is list and len(v) == len(_STRUCTS[how].unpack(bytes(_STRUCTS[how].size)))
               and all(type(x) is int and 0 <= x < 1 << 62 and (how[:4] != "mask" or x < 1 << 32) for x in v))
         if not ok:
