@@ -1091,7 +1091,7 @@ def _collect_processes(d: _Dump) -> None:
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
         # (a mapping on a detached mount an fd or cwd holds too is planned with them: an invisible
-        # tmpfs's archive then has its file, a program run from there among them)
+        # superblock's archive then has its file, a program run from there among them)
         held = {loc["mnt"] for loc, _pid, _link in unplaced}
         d.detached_doc = detached.plan(unplaced + [i for i in map_unplaced if i[0]["mnt"] in held], d.superblocks,
                                         d.sb_of_dev, d.ns_data, d.by_mntns, d.mounts_by_id, d.writer, d.files, d.plan)
