@@ -69,6 +69,33 @@ def test_run_with_then_raises_as_run_does_and_reaps():
             os.close(w)
 
 
+def _namespaces(quiet: int) -> str:
+    """Setup lines: a mount namespace with a file on a tmpfs of its own (/tmp/g), and `quiet` more
+    with nothing to clone, each with a holder in it; then the holder."""
+    return f"""
+unshare -m --propagation private sh -c 'mount -t tmpfs two /tmp; echo second > /tmp/g; touch /run/ready;
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /run/ready
+for n in {' '.join(str(n) for n in range(2, quiet + 2))}; do
+    unshare -m --propagation private sh -c "touch /run/ready$n; exec /.hold/mntcr-hold 100000" </dev/null >/dev/null 2>&1 &
+    wait_for /run/ready$n
+done
+hold
+"""
+
+
+def _dump_counted(case, script: str, pid: int) -> tuple[str, object]:
+    """Dump tree `pid` by `script` (a counting wrapper of the CLI); (the images, what it counted)."""
+    images = case.new_images_dir()
+    r = subprocess.run([sys.executable, "-S", "-c", script, "dump", "-t", str(pid), "-D", images,
+                        *DUMP_EXTERNALS], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), cwd=PROJECT_ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    code, counted = json.loads(r.stdout.splitlines()[-1])
+    assert code == 0, r.stderr
+    return images, counted
+
+
 # Counts the clone helpers a dump forks of its own (channel.fork_stream of nscopy's
 # _clone_reporting), the archiving children (content's, by channel.call_in_child) and the Kept
 # helpers it keeps, then dumps.
@@ -106,26 +133,9 @@ def test_a_dump_clones_from_the_helpers_that_read_its_namespaces(case):
     helpers let go at the end, each while the others live): each namespace's clones come from the
     helper that inspected it (no clone helper forked of its own), that helper archives them (no
     archiving child), and both files come back."""
-    setup = """
-mount -t tmpfs one /mnt; echo first > /mnt/f
-unshare -m --propagation private sh -c 'mount -t tmpfs two /tmp; echo second > /tmp/g; touch /run/ready;
-    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
-wait_for /run/ready
-for n in 2 3; do
-    unshare -m --propagation private sh -c "touch /run/ready$n; exec /.hold/mntcr-hold 100000" </dev/null >/dev/null 2>&1 &
-    wait_for /run/ready$n
-done
-hold
-"""
-    pid = case.start(setup)
+    pid = case.start("mount -t tmpfs one /mnt; echo first > /mnt/f\n" + _namespaces(2))
     before = take(pid)
-    images = case.new_images_dir()
-    r = subprocess.run([sys.executable, "-S", "-c", _COUNTING, "dump", "-t", str(pid), "-D", images,
-                        *DUMP_EXTERNALS], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), cwd=PROJECT_ROOT,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    code, forks = json.loads(r.stdout.splitlines()[-1])
-    assert code == 0, r.stderr
+    images, forks = _dump_counted(case, _COUNTING, pid)
     assert forks == {"clone_stream": 0, "archive_child": 0, "kept": 4}, forks
     restored = case.restore(images)
     assert_same(before, take(restored))
@@ -158,25 +168,9 @@ def test_a_tree_of_many_namespaces_keeps_a_few_helpers_at_once(case):
     live at once (each holds megabytes of pages copied on write), the others' namespaces still
     dumped, and the file comes back."""
     from engine import dump
-    setup = """
-unshare -m --propagation private sh -c 'mount -t tmpfs two /tmp; echo second > /tmp/g; touch /run/ready;
-    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
-wait_for /run/ready
-for n in 2 3 4 5 6 7; do
-    unshare -m --propagation private sh -c "touch /run/ready$n; exec /.hold/mntcr-hold 100000" </dev/null >/dev/null 2>&1 &
-    wait_for /run/ready$n
-done
-hold
-"""
-    pid = case.start(setup)
+    pid = case.start(_namespaces(6))
     before = take(pid)
-    images = case.new_images_dir()
-    r = subprocess.run([sys.executable, "-S", "-c", _LIVE_COUNTING, "dump", "-t", str(pid), "-D", images,
-                        *DUMP_EXTERNALS], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), cwd=PROJECT_ROOT,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    code, live = json.loads(r.stdout.splitlines()[-1])
-    assert code == 0, r.stderr
+    images, live = _dump_counted(case, _LIVE_COUNTING, pid)
     assert 1 <= live["most"] <= dump._KEPT_MAX and live["most"] < 7 and live["now"] == 0, live
     restored = case.restore(images)
     assert_same(before, take(restored))
@@ -236,13 +230,7 @@ mount -t proc p /mnt/b; mount -t tmpfs c /mnt/b
 """ + ("mount --bind /proc/self/ns/uts /mnt/uts\n" if ids == "helper" else "") + "hold\n"
     pid = case.start(setup)
     before = take(pid)
-    images = case.new_images_dir()
-    r = subprocess.run([sys.executable, "-S", "-c", _PRESTOP_COUNTING, "dump", "-t", str(pid), "-D", images,
-                        *DUMP_EXTERNALS], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), cwd=PROJECT_ROOT,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    code, forks = json.loads(r.stdout.splitlines()[-1])
-    assert code == 0, r.stderr
+    images, forks = _dump_counted(case, _PRESTOP_COUNTING, pid)
     want = {"in_check": 1, "kept_in_check": 0} if ids == "mountinfo" else {"in_check": 0, "kept_in_check": 1}
     assert forks == want, forks
     assert_same(before, take(case.restore(images)))

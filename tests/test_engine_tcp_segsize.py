@@ -22,14 +22,9 @@ for s in (l, c, a): s.close()
 """
 
 
-def test_notsent_lowat_and_segment_size_kept(case):
-    before, after = case.roundtrip(_in_netns(CONN))
-    assert "notsent_lowat:4096" in _fd(before, 11) and "notsent_lowat:4096" in _fd(after, 11), _fd(after, 11)
-    for n in (10, 11):
-        with socket.socket(fileno=grab_fd(after.pid, n)) as s:
-            mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
-            assert mss > 536, f"fd {n}: segments of {mss} bytes over lo (the default clamp's)"
-    with socket.socket(fileno=grab_fd(after.pid, 10)) as c, socket.socket(fileno=grab_fd(after.pid, 11)) as a:
+def _talks(pid: int) -> None:
+    """The restored pair (fds 10 and 11 of `pid`) reads what was queued and carries 100 kB more."""
+    with socket.socket(fileno=grab_fd(pid, 10)) as c, socket.socket(fileno=grab_fd(pid, 11)) as a:
         c.settimeout(10); a.settimeout(10)
         assert c.recv(100) == b"reply" and a.recv(100) == b"request"
         a.sendall(b"x" * 100000)
@@ -37,6 +32,16 @@ def test_notsent_lowat_and_segment_size_kept(case):
         while len(got) < 100000:
             got += c.recv(1 << 17)
         assert got == b"x" * 100000
+
+
+def test_notsent_lowat_and_segment_size_kept(case):
+    before, after = case.roundtrip(_in_netns(CONN))
+    assert "notsent_lowat:4096" in _fd(before, 11) and "notsent_lowat:4096" in _fd(after, 11), _fd(after, 11)
+    for n in (10, 11):
+        with socket.socket(fileno=grab_fd(after.pid, n)) as s:
+            mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+            assert mss > 536, f"fd {n}: segments of {mss} bytes over lo (the default clamp's)"
+    _talks(after.pid)
 
 
 CONN6 = """
@@ -58,11 +63,4 @@ def test_ipv6_segment_size_kept(case):
         with socket.socket(fileno=grab_fd(after.pid, n)) as s:
             mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
         assert mss > 4096, f"fd {n}: segments of {mss} bytes over ::1 (its MTU is 64 KiB; live: 32 KiB)"
-    with socket.socket(fileno=grab_fd(after.pid, 10)) as c, socket.socket(fileno=grab_fd(after.pid, 11)) as a:
-        c.settimeout(10); a.settimeout(10)
-        assert c.recv(100) == b"reply" and a.recv(100) == b"request"
-        a.sendall(b"x" * 100000)
-        got = b""
-        while len(got) < 100000:
-            got += c.recv(1 << 17)
-        assert got == b"x" * 100000
+    _talks(after.pid)
