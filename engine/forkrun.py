@@ -57,7 +57,8 @@ def signame(sig: int) -> str:
                default=str(sig))
 
 
-def _read_all(fd: int) -> bytes:
+def read_all(fd: int) -> bytes:
+    """Everything fd `fd` reads until its end of file."""
     chunks = []
     while True:
         data = os.read(fd, 1 << 20)
@@ -108,7 +109,7 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
         except BaseException as e:  # noqa: BLE001 - (unshare or mount failed) back to the parent
             code, data = _outcome(_reraise, (e,), {})
         try:
-            _write_all(wfd, data)
+            write_all(wfd, data)
             if then is not None and code == 0:
                 os.close(wfd)   # (the caller reads up to this end of file)
                 then(*then_args)
@@ -119,7 +120,7 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
     os.close(me)
     status, data = None, b""
     try:
-        data = _read_all(rfd)
+        data = read_all(rfd)
     except BaseException:
         if then is not None:
             os.kill(pid, signal.SIGKILL)   # (it would wait for the caller's work forever)
@@ -171,7 +172,8 @@ def _outcome(fn, args, kwargs) -> tuple[int, bytes]:
         return 1, pickle.dumps(("err", (None, f"unpicklable result: {e}", "")))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to fd `fd` (a pipe or file may take it in parts)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)

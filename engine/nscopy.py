@@ -415,9 +415,7 @@ def _request(chan: channel.Channel, req: tuple, fds=()) -> None:
         return
     mfd = os.memfd_create("mntcr-request", os.MFD_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(mfd, view):]
+        forkrun.write_all(mfd, data)
         chan.send(("in_file",), [mfd, *fds])
     finally:
         os.close(mfd)
@@ -429,12 +427,10 @@ def _received(req: tuple, fds: list[int]) -> tuple[tuple, list[int]]:
         return req, fds
     try:
         os.lseek(fds[0], 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(fds[0], 1 << 20):
-            chunks.append(chunk)
+        data = forkrun.read_all(fds[0])
     finally:
         os.close(fds[0])
-    return forkrun.pickle.loads(b"".join(chunks)), fds[1:]
+    return forkrun.pickle.loads(data), fds[1:]
 
 
 def _archive_request(req: tuple, fds: list[int], chan: channel.Channel) -> None:
