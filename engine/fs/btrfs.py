@@ -46,14 +46,10 @@ class BtrfsType(BlockType):
     def host_device(self, found: str | None) -> str | None:
         if not found or not found.startswith("fsid:"):
             return found
-        base = f"/sys/fs/btrfs/{found[5:]}/devices"
         try:
-            for name in sorted(os.listdir(base)):
-                with open(f"{base}/{name}/dev") as f:
-                    return f.read().strip()
+            return next(_devices("/sys/fs/btrfs", found[5:]), None)   # (the first one's alone read)
         except OSError:
-            pass
-        return None
+            return None
 
     def plan_device(self, sid: str, sb: dict, plan) -> bool:
         """Refuse a filesystem over several devices (-d raid1, `btrfs device add`): it mounts only
@@ -78,16 +74,21 @@ def fellow_devices(dev: str | None, base: str = "/sys/fs/btrfs") -> list[str]:
     except OSError:
         return []
     for fsid in fsids:
-        devs = []
         try:
-            for name in os.listdir(f"{base}/{fsid}/devices"):
-                with open(f"{base}/{fsid}/devices/{name}/dev") as f:
-                    devs.append(f.read().strip())
+            devs = list(_devices(base, fsid))
         except OSError:
             continue
         if dev in devs:
             return sorted(devs)
     return []
+
+
+def _devices(base: str, fsid: str):
+    """Yield "MAJ:MIN" of each device of btrfs filesystem `fsid` (BASE/FSID/devices/NAME/dev, by
+    NAME), read as asked for; OSError when one cannot be read."""
+    for name in sorted(os.listdir(f"{base}/{fsid}/devices")):
+        with open(f"{base}/{fsid}/devices/{name}/dev") as f:
+            yield f.read().strip()
 
 
 # subvol=/x and subvolid select what the mount shows: its root says the same, and fsconfig
