@@ -153,15 +153,8 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
         for f in data["fds"]:
             if f.get("mnt_id") in ids or not f["target"].startswith("/") or f["target"].endswith(kernel.DELETED):
                 continue
-            try:
-                want = os.stat(f"{pid}/fd/{f['fd']}", dir_fd=hostproc)
-                link = stat.S_ISLNK(f["mode"])
-                here = os.stat(f["target"], follow_symlinks=not link)
-                mid = kernel.statx_mnt_id(f["target"], flags=kernel.AT_SYMLINK_NOFOLLOW if link else 0)
-            except OSError:
-                continue
-            dev = f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}"
-            if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
+            mid = _reaches(hostproc, f"{pid}/fd/{f['fd']}", f["target"], devs, stat.S_ISLNK(f["mode"]))
+            if mid is not None:
                 f["visible_mnt"] = mid
         # A mapped file likewise (a program that unshared without exec maps its libraries through
         # the parent's mounts): the mount its path reaches here and the real path it has there, used
@@ -185,12 +178,19 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
 def _visible(hostproc: int, link: str, path: str, devs: dict) -> tuple[int, str] | None:
     """(mount id, real path) of the file /proc/`link` is when `path` reaches that same file here on a
     mount of this namespace (`devs`: mount id -> device), else None."""
+    mid = _reaches(hostproc, link, path, devs)
+    return None if mid is None else (mid, os.path.realpath(path))
+
+
+def _reaches(hostproc: int, link: str, path: str, devs: dict, nofollow: bool = False) -> int | None:
+    """The mount of this namespace (`devs`: mount id -> device) on which `path` (itself, a symlink,
+    with `nofollow`) is the file /proc/`link` is (same device and inode); None when it is not."""
     try:
-        want, here = os.stat(link, dir_fd=hostproc), os.stat(path)
-        mid = kernel.statx_mnt_id(path)
+        want, here = os.stat(link, dir_fd=hostproc), os.stat(path, follow_symlinks=not nofollow)
+        mid = kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW if nofollow else 0)
     except OSError:
         return None
     if (here.st_dev, here.st_ino) != (want.st_dev, want.st_ino) or \
             devs.get(mid) != f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
         return None
-    return mid, os.path.realpath(path)
+    return mid
