@@ -227,7 +227,12 @@ class Ghost:
                 content.extract(archive_fd, archive, expect, [(tfd, "sb-0")], ids)
             finally:
                 os.close(tfd)
-            os.rename(f"{tmp}/{only}", only, src_dir_fd=first.dir, dst_dir_fd=first.dir)
+            try:
+                os.rename(f"{tmp}/{only}", only, src_dir_fd=first.dir, dst_dir_fd=first.dir)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                _remake_dir(first.dir, tmp, only, e)
         finally:
             _remove_tree(first.dir, tmp)
 
@@ -243,6 +248,37 @@ class Ghost:
         self.dir = None
         if err is not None:
             raise err
+
+
+def _remake_dir(dir_fd: int, tmp: str, only: str, err: OSError) -> None:
+    """Directory tmp/only made again as `only` beside tmp: an overlay without redirect_dir and
+    trusted xattrs (one a user namespace mounted, a rootless container's root) moves no directory
+    into another merged one (EXDEV). A removed directory is empty (rmdir): mkdir, then the
+    extracted one's owner, mode, times and xattrs; anything else fails with `err`."""
+    src = kernel.openat2(dir_fd, f"{tmp}/{only}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                         _BENEATH | kernel.RESOLVE_NO_XDEV)
+    try:
+        st = os.fstat(src)
+        if os.listdir(src):
+            raise err
+        os.mkdir(only, 0o700, dir_fd=dir_fd)
+        try:
+            dst = kernel.openat2(dir_fd, only, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                 _BENEATH | kernel.RESOLVE_NO_XDEV)
+            try:
+                os.chown(dst, st.st_uid, st.st_gid)
+                os.chmod(dst, stat.S_IMODE(st.st_mode))   # (after chown, which clears set-group-id)
+                for name in os.listxattr(src):
+                    if not name.startswith(("trusted.overlay.", "user.overlay.")):
+                        os.setxattr(dst, name, os.getxattr(src, name))
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dst)
+        except BaseException:
+            os.rmdir(only, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(src)
 
 
 def _remove_tree(dir_fd: int, name: str) -> None:
