@@ -82,8 +82,7 @@ def _hidden(d, obj: str, end: int, typ: int, msgs: list, sent: int) -> None:
     if len(seen) < 2:
         return
     for e in (0, 1):
-        want = unix_queue.charged(typ, seen[e][0])
-        if want is not None and seen[1 - e][1] > want:
+        if seen[1 - e][1] > unix_queue.charged(typ, seen[e][0]):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a datagram socket pair with messages queued that a peek "
                                             "does not show (an empty message peeked at before: MSG_PEEK): not "
                                             "supported; let the program read its queue first")
