@@ -8,7 +8,8 @@ fd (pidfd_getfd) as fcntl F_GETOWN_EX / F_GETSIG give them in the dumper's pid n
 image names processes. An owner is kept as a process of the tree (F_OWNER_PID, or F_OWNER_TID of
 a process's main thread: a stand-in's other threads are made last, after the owner is set), a
 process group (F_OWNER_PGRP) as its leader, a process of the tree whose group it is ("async_pgrp":
-restore gives the restored leader's pid, its group's id); a group without its leader in the tree,
+restore gives the restored leader's pid, its group's id); a group without its leader in the tree or
+with a living member outside it (restored, its signals would reach the tree's members only),
 another thread or a process outside the tree is refused before the stop (an owner that exited is none:
 F_GETOWN_EX names no owner without a task). Restore sets the owner on the
 stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC, once
@@ -72,6 +73,12 @@ def entry_fields(fd: int, pids, where: str) -> dict:
         if who not in pids or _pgid_of(who) != who:
             raise FdError(errno.EOPNOTSUPP, f"{where}: process group {who} as its signal owner (F_SETOWN -pgid), "
                                             "whose leader is not a process of the dumped tree: not supported")
+        outsider = _member_outside(who, pids)
+        if outsider is not None:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: process group {who} as its signal owner (F_SETOWN -pgid), "
+                                            f"which process {outsider} outside the dumped tree is in too (restored, "
+                                            "the signals would reach the tree's members only): not supported; "
+                                            "dump a tree holding every process of that group")
         return {"async_owner": who, "async_pgrp": True, **({"async_signal": sig} if sig else {})}
     if who:
         if who not in pids:
@@ -97,6 +104,22 @@ def _pgid_of(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def _member_outside(pgid: int, pids) -> int | None:
+    """A living process of process group `pgid` (our pid namespace) that is not in `pids`, or None."""
+    from engine import procstat
+    inside = set(pids)
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in inside:
+            continue
+        try:
+            f = procstat.fields(name)
+        except OSError:
+            continue   # (gone meanwhile)
+        if int(f[procstat.PGRP]) == pgid and f[procstat.STATE] not in procstat.DEAD:
+            return int(name)   # (a zombie gets no signal: none lost)
+    return None
 
 
 def _leader_of(tid: int) -> int | None:

@@ -197,11 +197,11 @@ def test_owner_without_o_async_kept_and_delivered(case):
     assert _exit_signal(kids[1]) == signal.SIGIO
 
 
-def _refused_unstopped(case, setup: str, pattern: str, then=None) -> None:
-    """Start `setup` behind STOP_WATCH (then `then(pid)`); dump must refuse with a line matching
-    `pattern` without ever stopping the tree."""
+def _refused_unstopped(case, setup: str, pattern: str, then=None, **start) -> None:
+    """Start `setup` behind STOP_WATCH (then `then(pid)`; `start`: case.start's options); dump must
+    refuse with a line matching `pattern` without ever stopping the tree."""
     import re
-    pid = case.start(STOP_WATCH + setup)
+    pid = case.start(STOP_WATCH + setup, **start)
     if then is not None:
         then(pid)
     with pytest.raises(CRError) as err:
@@ -289,6 +289,48 @@ fcntl.fcntl(10, fcntl.F_SETOWN, -lead)
 """ + ("fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)\n" if o_async else "")),
         r"process \d+ fd 10 \(pipe:\[\d+\]\): process group \d+ as its signal owner \(F_SETOWN -pgid\), whose "
         r"leader is not a process of the dumped tree")
+
+
+def test_process_group_owner_with_a_member_outside_refused_unstopped(case):
+    """A process group the tree's root leads as owner, one of whose members left the tree (a
+    grandchild whose parent exited went to an init or subreaper above the tree: the tree shares the
+    test's pid namespace): restored, the group's signals would reach the tree's members only, so it
+    is refused before the stop, naming the group and the outside member (accepted before session 33)."""
+    def outside_member(pid):
+        pgid = os.getpgid(pid)
+        tree = set(tree_pids(pid))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            members = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in tree
+                       and _pgid_or_none(int(p)) == pgid]
+            if members:
+                return members
+            time.sleep(0.05)
+        raise AssertionError(f"no member of group {pgid} outside the tree")
+
+    _refused_unstopped(case, py_hold("""
+import fcntl, select
+root = os.getpid()
+mid = os.fork()
+if mid == 0:
+    if os.fork() == 0:   # (orphaned at once: it leaves the tree, in the root's group)
+        os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+        select.select([os.pidfd_open(root)], [], [])   # (until the tree's root is gone)
+        os._exit(0)
+    os._exit(0)
+os.waitpid(mid, 0)
+r, w = os.pipe(); os.dup2(r, 10); os.dup2(w, 11); os.close(r); os.close(w)
+fcntl.fcntl(10, fcntl.F_SETOWN, -os.getpgrp())
+fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
+"""), r"process \d+ fd 10 \(pipe:\[\d+\]\): process group \d+ as its signal owner \(F_SETOWN -pgid\), which "
+        r"process \d+ outside the dumped tree is in too", then=outside_member, host_pidns=True)
+
+
+def _pgid_or_none(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def test_own_process_group_owner_kept(case):

@@ -74,6 +74,53 @@ def test_a_peeked_empty_message_in_the_middle_is_refused():
         unix_pair._hidden(d, "pair", 0, a.type, [], unix_queue.outq(a.fileno()))
 
 
+@pytest.mark.parametrize("typ", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET])
+def test_a_peeked_empty_message_behind_fds_in_flight_is_refused(typ):
+    """The same behind a message carrying fds (SCM_RIGHTS): before session 33 the send buffer
+    memory was not compared for a queue with fds in flight (`charged` gave None), and the empty
+    message was lost at restore; the fds are not charged to their message, so it is compared."""
+    a, b = socket.socketpair(socket.AF_UNIX, typ)
+    r, w = os.pipe()
+    socket.send_fds(a, [b"with fds"], [r, w])
+    for m in (b"", b"last"):
+        a.send(m)
+    os.close(r)
+    os.close(w)
+    _peeked(b, 3)
+    d = types.SimpleNamespace(where="fd 11", scratch={}, pid=os.getpid(), objects={}, mounts=[], elsewhere=[])
+    got = []
+    real = unix_queue.inflight_entry
+    try:
+        unix_queue.inflight_entry = lambda d, fd, selves=None: got.append(os.readlink(f"/proc/self/fd/{fd}")) or {}
+        msgs = unix_queue.peek_messages(b, d, 2)
+    finally:
+        unix_queue.inflight_entry = real
+    assert len(msgs) == 2 and len(got) == 2 and all(t.startswith("pipe:") for t in got), (msgs, got)
+    unix_pair._hidden(d, "pair", 1, b.type, msgs, unix_queue.outq(b.fileno()))
+    with pytest.raises(FdError, match="messages queued that a peek does not show"):
+        unix_pair._hidden(d, "pair", 0, a.type, [], unix_queue.outq(a.fileno()))
+
+
+def test_a_queue_with_fds_in_flight_and_no_hidden_message_is_not_refused():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    a.send(b"")
+    socket.send_fds(a, [b"with fds"], [r])
+    a.send(b"x" * 70000)
+    os.close(r)
+    os.close(w)
+    d = types.SimpleNamespace(where="fd 11", scratch={})
+    real = unix_queue.inflight_entry
+    try:
+        unix_queue.inflight_entry = lambda d, fd, selves=None: {}
+        msgs = unix_queue.peek_messages(b, d, 1)
+    finally:
+        unix_queue.inflight_entry = real
+    assert len(msgs) == 3, msgs
+    unix_pair._hidden(d, "pair", 1, b.type, msgs, unix_queue.outq(b.fileno()))
+    unix_pair._hidden(d, "pair", 0, a.type, [], unix_queue.outq(a.fileno()))
+
+
 def test_a_whole_queue_is_not_refused():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     for m in (b"", b"x" * 70000, b"z"):

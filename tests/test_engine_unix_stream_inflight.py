@@ -181,6 +181,39 @@ def test_an_epoll_in_flight_watching_its_pair_comes_back_armed(case):
                 os.close(fd)
 
 
+# An epoll in flight whose edge-triggered target's edge the program took: end b holds a datagram, the
+# epoll reported it once (and has nothing more to report), then went in flight over b (queued on
+# a: b gets no new edge). Restored, it must still have nothing to report ("quiet"): registered
+# again on a ready end, it reported at once (before session 33).
+EPOLL_QUIET_INFLIGHT = py_hold("""
+import select, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+os.dup2(b.fileno(), 11)
+a.send(b"ready")
+ep = select.epoll(); ep.register(11, select.EPOLLIN | select.EPOLLET)
+assert ep.poll(0) == [(11, select.EPOLLIN)]   # (the edge taken)
+assert ep.poll(0) == []
+socket.send_fds(b, [b"e"], [ep.fileno()])
+assert ep.poll(0) == []
+ep.close(); os.dup2(a.fileno(), 10)
+""")
+
+
+def test_an_epoll_in_flight_whose_edge_was_taken_comes_back_quiet(case):
+    state = case.roundtrip(EPOLL_QUIET_INFLIGHT)[-1]
+    with socket.socket(fileno=grab_fd(state.pid, 10)) as a:
+        a.setblocking(False)
+        data, fd = _received(a, 10)
+        assert data == b"e"
+        ep = select.epoll.fromfd(fd)
+        with ep:
+            assert ep.poll(0) == [], "the taken edge came back: the epoll reports what the program had taken"
+            with socket.socket(fileno=grab_fd(state.pid, 10)) as again:
+                again.send(b"more")   # (a new edge: reported once)
+            assert ep.poll(0) == [(11, select.EPOLLIN)]
+            assert ep.poll(0) == []
+
+
 def test_an_epoll_in_flight_watching_another_file_refused_before_stop(case):
     _refused_before_stop(case, """
 import select, socket
@@ -198,6 +231,10 @@ def test_validator_takes_an_epoll_in_flight_on_a_pair_only():
     ep = {"kind": "epoll", "flags": 2, "pos": 0, "targets": [{"fd": 5, "events": 1, "data": 5, "end": 1}]}
     unix_check._check_msgs([{"data": "eA==", "fds": [ep]}], "object x", pair=True)
     unix_check._check_msgs([{"data": "eA==", "fds": [{**ep, "targets": []}]}], "fd 3")
+    unix_check._check_msgs([{"data": "eA==", "fds": [{**ep, "quiet": True}]}], "object x", pair=True)
+    for bad in ({**ep, "quiet": False}, {**ep, "quiet": 1}, {**ep, "targets": [], "quiet": True}):
+        with pytest.raises(image.ImageError, match="bad epoll in flight"):
+            unix_check._check_msgs([{"data": "eA==", "fds": [bad]}], "object x", pair=True)
     with pytest.raises(image.ImageError, match="bad epoll in flight"):
         unix_check._check_msgs([{"data": "eA==", "fds": [ep]}], "fd 3")
     for bad in ({"fd": 5, "events": 1, "data": 5, "end": 2}, {"fd": 5, "events": 1 << 30, "data": 5, "end": 0},

@@ -18,6 +18,9 @@ reports nothing until its file changes; registered again, it reports at once (ep
 ready file). An epoll with such a target that had nothing to report at dump (a poll of it: no
 POLLIN; it takes nothing) is `quiet`: the stand-in takes, once, each event its targets report
 after their registration, as the program had (a level-triggered target's comes back at once).
+So is an epoll in flight on a socket pair whose targets are that pair's ends (engine/fds/unix_queue.py):
+its events are taken once the pair's queues and shutdowns are all made (`settle`), which would
+otherwise be new edges.
 """
 
 from __future__ import annotations
@@ -46,9 +49,24 @@ def _disarmed(events: int) -> bool:
 
 def _dump(d) -> dict:
     targets = _targets(d)
-    if any(t["events"] & _ET for t in targets) and _quiet(d.copy()):
+    if quiet_with_edges(d.copy(), targets):
         return {"targets": targets, "quiet": True}
     return {"targets": targets}
+
+
+def quiet_with_edges(fd: int, targets: list[dict]) -> bool:
+    """Whether epoll `fd` (our copy), with `targets`, is `quiet`: an edge-triggered target and
+    nothing to report."""
+    return any(t["events"] & _ET for t in targets) and _quiet(fd)
+
+
+def settle(pending: list[tuple[int, int]]) -> None:
+    """Take once each event the registrations of quiet epolls queued ((our copy, its targets'
+    count) each: an epoll in flight, once its pair is all made), as `_register` does."""
+    for epfd, n in pending:
+        for _ in range(n):
+            if fsys.epoll_wait_one(epfd) is None:
+                break
 
 
 def _quiet(fd: int) -> bool:
@@ -227,9 +245,7 @@ def _register(args, fds):
     if quiet:
         # (nothing to report, as at dump: each event the registrations queued is taken once; a
         # level-triggered target's is queued again)
-        for _ in targets:
-            if fsys.epoll_wait_one(epfd) is None:
-                break
+        settle([(epfd, len(targets))])
     return None, []
 
 

@@ -185,7 +185,18 @@ def _prefinish(scratch: dict) -> None:
 
 register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,
                 check=_check, check_object=check_object, order=10, precheck=_precheck, prefinish=_prefinish))
+def _precheck_fifo(d) -> None:
+    from engine.fds import pipe_outside   # (only a tree with FIFOs loads it)
+    pipe_outside.fifo_precheck(d)
+
+
+def _prefinish_fifo(scratch: dict) -> None:
+    from engine.fds import pipe_outside
+    pipe_outside.fifo_prefinish(scratch)
+
+
 register(FdKind(name="fifo", matches=lambda t, m: stat.S_ISFIFO(m) and t.startswith("/"), dump=_dump_fifo,
                 open=_open_fifo, check=_check, placed=True, order=10, obj_kind="pipe",
+                precheck=_precheck_fifo, prefinish=_prefinish_fifo,
                 # A FIFO unlinked while open: its ghost (engine/ghosts.py) on the same superblock.
                 fields={"ghost": F(STR, required=False, rule=pattern(GHOST_ID, "a ghost id g-N"))}))

@@ -1,5 +1,5 @@
-"""Pipes the tree shares with a process outside it (`producer | TREE`, `TREE | tee log`): refused
-before the stop.
+"""Pipes the tree shares with a process outside it (`producer | TREE`, `TREE | tee log`), and FIFOs
+(`producer > fifo` outside, `tee < fifo` in the tree): refused before the stop.
 
 Restore makes each pipe again from the ends the tree holds; an end a process outside the tree
 holds is not part of the image, so the restored pipe would have no reader (the tree's next write
@@ -19,6 +19,7 @@ import os
 from engine import forkrun, kernel
 
 SCRATCH = "pipe-outside"
+O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 
 def precheck(d) -> None:
@@ -53,6 +54,47 @@ def prefinish(scratch: dict) -> None:
                       f"again: {what}; dump that process with the tree (its parent as the root), or "
                       f"declare the pipe with --external pipe[{target[6:-1]}]:KEY and restore with --external "
                       "file[KEY]:PATH (a file, a FIFO or /proc/self/fd/N of a pipe given to restore)")
+
+
+FIFO_SCRATCH = "fifo-outside"
+
+
+def fifo_precheck(d) -> None:
+    """Note FIFO fd `d` (a running process's) by its inode, for `fifo_prefinish`."""
+    try:
+        st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+    except OSError:
+        return   # (closed meanwhile)
+    d.scratch.setdefault(FIFO_SCRATCH, {}).setdefault((st.st_dev, st.st_ino), (d.pid, d.fd, d.target))
+
+
+def fifo_prefinish(scratch: dict) -> None:
+    """Refuse a FIFO the tree holds that a process outside it holds too (an end of it, not O_PATH):
+    restore opens the FIFO again and refills its pipe with the data dump read, where that process
+    would be no end (a FIFO restore makes again: the reader reads end-of-file, the writer gets
+    EPIPE) or holds the old pipe, its data still in (a FIFO of the host's: read twice)."""
+    from engine.fds import FdError
+    fifos = scratch.pop(FIFO_SCRATCH, {})
+    if not fifos:
+        return
+    tree = set(scratch.get("pids", ()))
+    me = os.getpid()
+    for pid in (int(n) for n in os.listdir("/proc") if n.isdigit()):
+        if pid in tree or pid == me or pid in forkrun.going_on:
+            continue
+        for fd, st in kernel.fd_stats(pid):
+            held = fifos.get((st.st_dev, st.st_ino))
+            flags = _flags(pid, fd) if held is not None else None
+            if flags is None or flags & O_PATH:
+                continue
+            mine_pid, mine_fd, target = held
+            side = {os.O_RDONLY: "a read", os.O_WRONLY: "a write"}.get(flags & os.O_ACCMODE, "a read-write")
+            raise FdError(errno.EOPNOTSUPP,
+                          f"process {mine_pid} fd {mine_fd} ({target}): the FIFO is held by process {pid} "
+                          f"({comm(pid)}) outside the tree too ({side} end), which restore cannot connect again "
+                          "to the FIFO it opens and fills again (its reader would see end-of-file, its writer "
+                          "EPIPE, or the data be read twice); dump that process with the tree (its parent as "
+                          "the root), or once it closed the FIFO")
 
 
 def holders(targets: set[str], tree: set[int]):

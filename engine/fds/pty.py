@@ -529,12 +529,16 @@ def _open(r: RestoreFd) -> int:
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (e["flags"] & os.O_NONBLOCK))
         return fd
     flags = (e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)) | os.O_NOCTTY
+    # How the slave was got, the kernel does not show (fdinfo and the link tell nothing of it): its
+    # status flags choose the call that gives them back. With O_LARGEFILE: open(2)
+    # of its path (which adds it, on 64-bit); a TIOCGPTPEER asked for it explicitly comes back so,
+    # the same flags. Without: TIOCGPTPEER (as glibc's openpty does), which adds nothing, where
+    # open(2) adds O_LARGEFILE and F_SETFL cannot take it off; a 32-bit program's open(2) of its
+    # path (no O_LARGEFILE either) comes back so, the same flags.
     if e["flags"] & O_LARGEFILE or e.get("orphan"):
         fd = r.open_at(e["mnt"], e["path"], flags)
     else:
-        # Got from its master (TIOCGPTPEER, as glibc's openpty does): no O_LARGEFILE, which open(2)
-        # adds on 64-bit and F_SETFL cannot take off; the ioctl opens it so again. (Without
-        # O_CLOEXEC, which it would keep in the status flags: the fd's own flag is set after.)
+        # (Without O_CLOEXEC, which it would keep in the status flags: the fd's own flag is set after.)
         fd = fcntl.ioctl(master, TIOCGPTPEER, flags & ~os.O_CLOEXEC)
         os.set_inheritable(fd, False)
     if e.get("ctty"):

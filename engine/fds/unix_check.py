@@ -226,8 +226,9 @@ def _check_epoll(f: dict, what: str, pair: bool) -> None:
     """An epoll in flight: its flags and targets, ends of the pair whose queue it waits on (`pair`)."""
     from engine.fds import epoll
     from engine.image import _fail
-    if set(f) - {"desc"} != {"kind", "flags", "pos", "targets"} or type(f["flags"]) is not int \
-            or not 0 <= f["flags"] < 1 << 22 or f["pos"] != 0 or (f["targets"] and not pair):
+    if set(f) - {"desc", "quiet"} != {"kind", "flags", "pos", "targets"} or type(f["flags"]) is not int \
+            or not 0 <= f["flags"] < 1 << 22 or f["pos"] != 0 or (f["targets"] and not pair) \
+            or f.get("quiet", True) is not True or ("quiet" in f and not f["targets"]):
         _fail(f"{what}: bad epoll in flight")
     epoll.check_inflight_targets(f["targets"], what)
 

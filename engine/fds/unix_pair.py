@@ -82,8 +82,7 @@ def _hidden(d, obj: str, end: int, typ: int, msgs: list, sent: int) -> None:
     if len(seen) < 2:
         return
     for e in (0, 1):
-        want = unix_queue.charged(typ, seen[e][0])
-        if want is not None and seen[1 - e][1] > want:
+        if seen[1 - e][1] > unix_queue.charged(typ, seen[e][0]):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a datagram socket pair with messages queued that a peek "
                                             "does not show (an empty message peeked at before: MSG_PEEK): not "
                                             "supported; let the program read its queue first")
@@ -170,13 +169,21 @@ def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
             with socket.socket(fileno=os.dup(ends[1 - end])) as peer:   # what `end` will read, sent by its peer
                 unix_queue.send_all(peer, binascii.a2b_base64(data))
     rest = list(fds)
-    for end, queue in enumerate(spec.get("msgs") or ()):
-        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
-            rest = unix_queue.send_queue(peer, queue, rest, ends)
-    for end, bits in enumerate(spec.get("shut") or ()):
-        if bits:   # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2; the peer gets the other side)
-            with socket.socket(fileno=os.dup(ends[end])) as s:
-                s.shutdown(bits - 1)
+    settle: list = []   # (quiet epolls in flight: their taken edges are taken again once all is queued)
+    try:
+        for end, queue in enumerate(spec.get("msgs") or ()):
+            with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
+                rest = unix_queue.send_queue(peer, queue, rest, ends, settle)
+        for end, bits in enumerate(spec.get("shut") or ()):
+            if bits:   # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2; the peer gets the other side)
+                with socket.socket(fileno=os.dup(ends[end])) as s:
+                    s.shutdown(bits - 1)
+        if settle:   # (imported only then: the stand-in chrooted, and restore loaded the kinds of the image only)
+            from engine.fds import epoll
+            epoll.settle(settle)
+    finally:
+        for fd, _ in settle:
+            os.close(fd)
     return ends
 
 

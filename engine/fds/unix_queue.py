@@ -283,6 +283,8 @@ def inflight_entry(d, fd: int, selves: dict | None = None) -> dict:
         from engine.fds import epoll
         # (one a process holds too: its targets are that fd's, FdTable.mark_shared empties these)
         entry["targets"] = [] if held(d, fd) else epoll.inflight_targets(fd, what, selves or {})
+        if epoll.quiet_with_edges(fd, entry["targets"]):
+            entry["quiet"] = True   # (its taken edges stay taken: send_queue's `settle`)
         return entry
     if kind.name == "memfd" or kind.name in STATE_KINDS:
         # (a memfd's object: name, content and seals, shared with the tree's fds on it; an eventfd's
@@ -443,18 +445,18 @@ def waiting(s: socket.socket, c: int) -> bool:
     return not seqpacket or bool(data) or any(is_creds(x) for x in anc)
 
 
-def charged(typ: int, queue: list) -> int | None:
+def charged(typ: int, queue: list) -> int:
     """The send buffer memory (SIOCOUTQ) the messages `queue` (dumped, base64) take while queued,
-    as this kernel counts it: sent from a scratch socket pair of type `typ`. None when a message
-    carries fds (not sent here). A pair end's own SIOCOUTQ is its messages queued on its peer:
-    more than those peeked means messages a peek passes over (empty ones peeked at before)."""
-    if any(isinstance(m, dict) for m in queue):
-        return None
+    as this kernel counts it: sent from a scratch socket pair of type `typ`, a message's fds in
+    flight left out (they are not charged to it: before session 33 a queue with any made this
+    None, and an empty message hidden behind one was lost). A pair end's own SIOCOUTQ is its
+    messages queued on its peer: more than those peeked means messages a peek passes over (empty
+    ones peeked at before)."""
     a, b = socket.socketpair(socket.AF_UNIX, typ)
     try:
         a.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 1 << 25)   # (the whole queue fits)
         for m in queue:
-            a.send(binascii.a2b_base64(m), socket.MSG_DONTWAIT)
+            a.send(binascii.a2b_base64(m["data"] if isinstance(m, dict) else m), socket.MSG_DONTWAIT)
         return outq(a.fileno())
     finally:
         a.close()
@@ -468,10 +470,12 @@ def outq(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
-def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]:
+def send_queue(peer: socket.socket, queue, fds: list[int], ends=(), settle: list | None = None) -> list[int]:
     """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
     from the front of `fds` (received ones, which the stand-in closes), an end of the pair itself
-    (PAIR_END) from `ends`, the new pair's. Returns the fds left."""
+    (PAIR_END) from `ends`, the new pair's. A quiet epoll in flight (its taken edges) goes to
+    `settle` as (our copy, its targets' count), to take its events once the pair is all made
+    (epoll.settle). Returns the fds left."""
     fds = list(fds)
     stream = peer.type == socket.SOCK_STREAM   # (a pair's segments, when fds were in flight on it)
     try:
@@ -482,7 +486,7 @@ def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]
                 if len(opened) != n or (len(m["fds"]) > n and len(ends) != 2):
                     raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
                 mine = [ends[f["end"]] if f["kind"] == PAIR_END else opened.pop(0) for f in m["fds"]]
-                _arm(m["fds"], mine, ends)
+                _arm(m["fds"], mine, ends, settle)
                 data = binascii.a2b_base64(m["data"])
                 sent = socket.send_fds(peer, [data], mine, socket.MSG_DONTWAIT)
                 if stream:
@@ -497,14 +501,17 @@ def send_queue(peer: socket.socket, queue, fds: list[int], ends=()) -> list[int]
     return fds
 
 
-def _arm(entries: list, fds: list[int], ends) -> None:
-    """Register the targets of the epolls in flight among `entries` (our fds `fds`) on the new pair's `ends`."""
+def _arm(entries: list, fds: list[int], ends, settle: list | None) -> None:
+    """Register the targets of the epolls in flight among `entries` (our fds `fds`) on the new pair's
+    `ends`; a quiet one's copy goes to `settle` (send_queue)."""
     for f, fd in zip(entries, fds):
         if f["kind"] == "epoll" and f.get("targets"):
             if len(ends) != 2:
                 raise FdError(errno.EINVAL, "an epoll in flight watches an end of a socket pair, on a socket of none")
             from engine.fds import epoll
             epoll.arm_inflight(fd, f["targets"], ends)
+            if f.get("quiet") and settle is not None:
+                settle.append((os.dup(fd), len(f["targets"])))
 
 
 def send_all(sock: socket.socket, data: bytes) -> None:
