@@ -6,7 +6,7 @@ WCONTINUED, a ptracer or a job-control shell sees that stop. So what a running
 tree already shows is checked here first, with the line dump would give:
 
 - the user namespaces (engine/userns_cr.plan: namespaces of two user namespaces);
-- per mount namespace, each type's `precheck` hook (engine/fs/: an overlay's
+- per mount namespace, each type's `precheck` hook (engine/fs/: btrfs over several devices, an overlay's
   layers placed as dump's plan places them, a layer whose mount was moved), from
   mountinfo and the mounts' unique ids; mounts of one superblock under two sources
   that restore cannot give back (`check_sources`, dump's own rule);
@@ -96,6 +96,7 @@ class View:
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
         self.kept: dict = {}                             # ns name -> nscopy.Kept that read its unique ids
+        self.ext_devs: set[str] = set()                  # "MAJ:MIN" of the devices declared --external dev[]
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
@@ -103,6 +104,15 @@ class View:
     def dumper_pidns(self) -> str:
         """(dump's plan records the dumper's pid namespace: before the stop only its being allowed counts)"""
         return "pid-dumper"
+
+    def open_sb_mount(self, sid: str) -> int | None:
+        """An fd on the root of the first mount of superblock `sid` (as dump probes it: _open_mount),
+        or None; the caller closes it."""
+        for ns_name, ns in self.mntns_doc.items():
+            for e in ns["mounts"]:
+                if e["sb"] == sid:
+                    return _open_mount(self, ns_name, e)
+        return None
 
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
@@ -161,6 +171,7 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
     from engine import image
     locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
     strat = view.strategy
+    view.ext_devs = set(ext_devs)
     pids = [p for p, _ in tree]
     names = ns_names(pids, image.NS_KINDS)
     try:
