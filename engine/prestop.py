@@ -217,6 +217,7 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
                 view.partial.add(name)   # (its mountinfo leaves out the mounts outside its root)
         except OSError:
             view.partial.add(name)
+    _fd_room(view)
     try:
         # (locks first: the detached-mount check opens files on the running tree, which breaks a
         # write lease this refuses)
@@ -255,6 +256,28 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
             posixtimers.TimerError, subreaper.SubreaperError, netdevs.NetdevError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
+
+
+# Fds dump may hold beside one on each mount (its own, a batch's tar, helpers' channels).
+FD_MARGIN = 64
+
+
+def _fd_room(view: View) -> None:
+    """Dump may hold an fd on a clone of each mount at once once the tree is stopped (archives,
+    probes: engine/nscopy.py stream): raise our soft RLIMIT_NOFILE to the hard limit where the tree
+    has more mounts than the soft one allows (as a shell's `ulimit -n` of 1024 under a hard 524288),
+    and refuse, before the stop, where the hard one does not allow them either."""
+    import resource
+    mounts = sum(len(ns["mounts"]) for ns in view.mntns_doc.values())
+    need = mounts + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise PrestopError(errno.EMFILE, f"the tree has {mounts} mounts and dump may hold an fd on each, beyond its "
+                                         f"RLIMIT_NOFILE of {hard} (hard): raise it to {need} at least (ulimit -Hn "
+                                         f"{need}, prlimit --nofile={need}) and dump again")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # How long a vfork parent may wait for one child's exec before the dump refuses it: a shell's child
@@ -536,6 +559,19 @@ def _check_probes(view: View, pids: list[int], names: dict) -> None:
         if sb["external"] or sid in view.unsure or h is None or h.content or not h.wants_probe():
             continue
         todo.append((sid, h, ns_name, e))
+    for i in range(0, len(todo), PROBE_WINDOW):
+        _probe_some(view, todo[i:i + PROBE_WINDOW])
+
+
+# How many mounts _check_probes holds fds on at once: a tree of thousands of probed superblocks
+# (proc mounts, empty-only types) within a dumper's RLIMIT_NOFILE (EMFILE made a probe misjudge
+# a proc mount before session 33: tests/test_engine_prestop_fds.py).
+PROBE_WINDOW = 64
+
+
+def _probe_some(view: View, todo: list) -> None:
+    """Each (sb id, type, namespace name, mount entry) of `todo` probed through an fd on the mount,
+    the fds opened together (_open_mounts) and each closed once its probe returns."""
     fds = _open_mounts(view, [(ns_name, e) for _, _, ns_name, e in todo])
     try:
         for sid, h, ns_name, e in todo:
