@@ -13,7 +13,7 @@ import struct
 from engine.records import record
 
 from engine import kernel
-from engine.fs import FsError, FsType, block_recipe, register
+from engine.fs import FsType, block_recipe, register
 from engine.fs._blockdev import BlockType, one_device_only
 
 BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, num_devices at 8, fsid at 16
