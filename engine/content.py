@@ -12,11 +12,13 @@ manifest and are checked before anything is extracted.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 from engine import rx
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
+import struct
 import sys
 
 from engine import channel, image, kernel
@@ -217,9 +219,10 @@ def _archive_child(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan:
         if code not in (0, 1):  # 1: "file changed as we read it", the tree is stopped
             raise OSError(f"archiving files failed: {_last_line(_text(err), 'tar failed')}")
         left_out = _sockets_left_out(staging, _text(err))
+        flagged = inode_flags(staging, [name for _, name in mounts])
     finally:
         _let_go(staging)
-    chan.send(("ok", left_out))
+    chan.send(("ok", (left_out, flagged)))
 
 
 def _let_go(staging: int) -> None:
@@ -255,6 +258,67 @@ def _sockets_left_out(staging: int, stderr: str) -> list[tuple[str, dict]]:
     return out
 
 
+# Inode attributes tar keeps none of, which restore sets again (FS_IOC_SETFLAGS) once every file
+# is in place (engine/restore.py seal): immutable, append-only, nodump (chattr i, a, d; tmpfs keeps
+# them since 6.0): image.INODE_FLAGS.
+INODE_FLAGS = image.INODE_FLAGS
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+
+
+def inode_flags(staging: int, names: list[str]) -> list[tuple[str, dict]]:
+    """[(member, {"path" beneath the member, "flags"})] of each directory and regular file of the
+    members `names` (MEMBER or MEMBER/ONLY) of `staging` with an attribute of INODE_FLAGS; a member
+    whose filesystem shows none (statx's attributes mask: ramfs) is not walked, nor another
+    filesystem mounted beneath one (tar's --one-file-system)."""
+    out: list[tuple[str, dict]] = []
+    for name in sorted(names):
+        member, _, only = name.partition("/")
+        top = f"/proc/self/fd/{staging}/{name}"
+        try:
+            attrs, mask, mode, dev = kernel.statx_attributes(top, flags=kernel.AT_SYMLINK_NOFOLLOW)
+        except OSError:
+            continue
+        if not mask & INODE_FLAGS:
+            continue
+        todo = [("/" + only if only else "/", attrs, mode)]
+        while todo:
+            rel, attrs, mode = todo.pop()
+            if attrs & INODE_FLAGS:
+                out.append((member, {"path": rel, "flags": attrs & INODE_FLAGS}))
+            if not stat.S_ISDIR(mode):
+                continue
+            path = top + (rel[len("/" + only):] if only else rel)
+            with os.scandir(path) as it:
+                for entry in it:
+                    if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                        continue
+                    a, _, m, d = kernel.statx_attributes(entry.path, flags=kernel.AT_SYMLINK_NOFOLLOW)
+                    if d == dev:
+                        todo.append((rel.rstrip("/") + "/" + entry.name, a, m))
+    return out
+
+
+def set_inode_flags(root_fd: int, records) -> None:
+    """Set the attributes of each record ({"path" beneath directory `root_fd`, "flags"}) on the file
+    there (inode_flags'), keeping those it has; a name no longer a directory or regular file there
+    is passed over."""
+    for rec in records:
+        rel = rec["path"].lstrip("/") or "."
+        try:
+            fd = kernel.openat2(root_fd, rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            continue
+        try:
+            if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+                continue
+            have = struct.unpack_from("<i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)))[0]
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<iI", have | rec["flags"], 0))
+        finally:
+            os.close(fd)
+
+
 # The staging directory where other mounts' views of covered directories are attached (no
 # member is named so: sb-N only).
 _COVERED = ".covered"
@@ -276,10 +340,11 @@ def _covered_dirs(staging: int, dirs: dict) -> list[str]:
 
 
 def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None = None,
-            dirs: dict | None = None, helper=None) -> dict:
+            dirs: dict | None = None, helper=None, flags: dict | None = None) -> dict:
     """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
     A mount of a single file is named "MEMBER/FILENAME": the member then holds that file alone.
-    Socket files, which tar leaves out, go into `sockets` ({member: [record]}, see make_sockets).
+    Socket files, which tar leaves out, go into `sockets` ({member: [record]}, see make_sockets);
+    files with inode attributes tar keeps none of into `flags` (the same way: inode_flags).
     `dirs`: {member: [(path, clone)] of its directories that mounts cover} (_covered_dirs).
     `helper(mounts, out_fd, dirs)`: a running helper's archive_in (dump's Kept.archive) instead of
     a child forked for it.
@@ -289,15 +354,18 @@ def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None =
     """
     with open(out_path, "wb") as out:
         if helper is not None:
-            left_out = helper(mounts, out.fileno(), dirs or {})
+            left_out, flagged = helper(mounts, out.fileno(), dirs or {})
         else:
-            left_out, _ = channel.call_in_child(_archive_child, mounts, out.fileno(), dirs or {})
+            (left_out, flagged), _ = channel.call_in_child(_archive_child, mounts, out.fileno(), dirs or {})
         out.flush()
         # (to disk while the dump goes on: the image's commit fsyncs every archive before the manifest)
         kernel.start_writeback(out.fileno())
     if sockets is not None:
         for member, rec in left_out or ():
             sockets.setdefault(member, []).append(rec)
+    if flags is not None:
+        for member, rec in flagged or ():
+            flags.setdefault(member, []).append(rec)
     return digest_path(out_path)
 
 

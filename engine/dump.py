@@ -869,13 +869,16 @@ class _Batch:
         mounts = [(mfd, member if only is None else f"{member}/{only}") for mfd, member, _, _, only in self.items]
         # (a kept namespace helper done with its clones archives them: no child forked for it)
         kept = next((k for k in self.d.kept.values() if k.fits(mounts, self.dirs)), None)
-        self.d.files[name] = content.archive(mounts, path, sockets, self.dirs, kept.archive if kept else None)
+        flags: dict[str, list] = {}     # files with inode attributes tar keeps none of, set again at restore
+        self.d.files[name] = content.archive(mounts, path, sockets, self.dirs, kept.archive if kept else None, flags)
         for mfd, member, sid, root, only in self.items:
             arc = {"file": name, "member": member, "root": root}
             if only is not None:
                 arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
             if member in sockets:
                 arc["sockets"] = sockets[member]
+            if member in flags:
+                arc["attrs"] = flags[member]
             self.d.superblocks[sid]["archives"].append(arc)
             os.close(mfd)
         self.items.clear()

@@ -21,6 +21,10 @@ from engine import jsonc
 from engine.kernel import DELETED
 
 # An archive member of the image (ImageWriter.new_archive names them).
+# Inode attributes an archive's reference keeps beside it (tar keeps none): immutable, append-only,
+# nodump (chattr i, a, d), as statx's STATX_ATTR_* and FS_IOC_SETFLAGS's FS_*_FL bits (the same).
+INODE_FLAGS = 0x10 | 0x20 | 0x40
+
 ARCHIVE_NAME = rx.compile(r"^files-[0-9]{1,9}\.tar\Z")
 
 FORMAT = "mntcr-image"

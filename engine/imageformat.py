@@ -46,7 +46,7 @@ from itertools import chain, compress, repeat
 from operator import contains, itemgetter
 from engine import ctty, itimers, posixtimers, procargs, records, sessions, zombies
 
-from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
+from engine.image import (INODE_FLAGS, ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
                           NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, empty_roots)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
@@ -943,6 +943,17 @@ SOCKET_FILE = Record("socket file", {
 })
 
 
+def _inode_flags_rule(v) -> str | None:
+    """Attributes restore sets again (engine/content.py INODE_FLAGS), one at least."""
+    return None if v and not v & ~INODE_FLAGS else f"must be a non-empty set of the bits {INODE_FLAGS:#x} (got {v})"
+
+
+INODE_ATTRS = Record("inode attributes", {
+    "path": F(STR, rule=path_rule),
+    "flags": F(INT, rule=_inode_flags_rule),
+})
+
+
 ARCHIVE_REF = Record("archive reference", {
     "file": F(STR, rule=pattern(ARCHIVE_NAME, "an archive name files-N.tar")),
     "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
@@ -951,6 +962,9 @@ ARCHIVE_REF = Record("archive reference", {
     "only": F(STR, required=False, rule=lambda v: _name_rule(v)),
     # Socket files beneath the member's root, which tar leaves out: made again (engine/content.py).
     "sockets": F(LIST, required=False, rule=list_of(record(SOCKET_FILE), MAX_SOCKET_FILES, DICT)),
+    # Files and directories beneath it with immutable, append-only or nodump attributes, which tar
+    # does not keep: set again once every file is in place (engine/restore.py seal).
+    "attrs": F(LIST, required=False, rule=list_of(record(INODE_ATTRS), MAX_SOCKET_FILES, DICT)),
 })
 
 
@@ -1077,7 +1091,7 @@ MANIFEST = Record("manifest", {
     "netfilter": F(DICT, required=False),                     # {net ns: its firewall ruleset} (engine/netfilter.py)
 })
 
-_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
+_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, INODE_ATTRS, EMPTY_ROOT, LOOP,
                                           DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP,
                                           LOCK, ZOMBIE)}
 

@@ -345,6 +345,17 @@ def _statx_mnt(path: str, dfd: int, flags: int, unique: bool) -> bytes:
     return raw
 
 
+def statx_attributes(path: str, dfd: int = AT_FDCWD, flags: int = 0) -> tuple[int, int, int, int]:
+    """(stx_attributes, stx_attributes_mask, st_mode, device as makedev) of `path` in one call."""
+    buf = _Statx()
+    _check(_syscall(NR["statx"], ctypes.c_int(dfd), _b(path), ctypes.c_int(flags), ctypes.c_uint(STATX_TYPE),
+                    ctypes.byref(buf)), lambda: f"statx({path!r})")
+    raw = bytes(buf.buf)
+    major, minor = struct.unpack_from("<II", raw, 0x88)
+    return (struct.unpack_from("<Q", raw, 0x08)[0], struct.unpack_from("<Q", raw, 0x38)[0],
+            struct.unpack_from("<H", raw, 0x1c)[0], os.makedev(major, minor))
+
+
 AT_STATX_DONT_SYNC = 0x4000
 
 

@@ -6,7 +6,7 @@ WCONTINUED, a ptracer or a job-control shell sees that stop. So what a running
 tree already shows is checked here first, with the line dump would give:
 
 - the user namespaces (engine/userns_cr.plan: namespaces of two user namespaces);
-- per mount namespace, each type's `precheck` hook (engine/fs/: an overlay's
+- per mount namespace, each type's `precheck` hook (engine/fs/: btrfs over several devices, an overlay's
   layers placed as dump's plan places them, a layer whose mount was moved), from
   mountinfo and the mounts' unique ids; mounts of one superblock under two sources
   that restore cannot give back (`check_sources`, dump's own rule);
@@ -96,6 +96,7 @@ class View:
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
         self.kept: dict = {}                             # ns name -> nscopy.Kept that read its unique ids
+        self.ext_devs: set[str] = set()                  # "MAJ:MIN" of the devices declared --external dev[]
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
@@ -103,6 +104,15 @@ class View:
     def dumper_pidns(self) -> str:
         """(dump's plan records the dumper's pid namespace: before the stop only its being allowed counts)"""
         return "pid-dumper"
+
+    def open_sb_mount(self, sid: str) -> int | None:
+        """An fd on the root of the first mount of superblock `sid` (as dump probes it: _open_mount),
+        or None; the caller closes it."""
+        for ns_name, ns in self.mntns_doc.items():
+            for e in ns["mounts"]:
+                if e["sb"] == sid:
+                    return _open_mount(self, ns_name, e)
+        return None
 
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
@@ -161,6 +171,7 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
     from engine import image
     locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
     strat = view.strategy
+    view.ext_devs = set(ext_devs)
     pids = [p for p, _ in tree]
     names = ns_names(pids, image.NS_KINDS)
     try:
@@ -206,6 +217,7 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
                 view.partial.add(name)   # (its mountinfo leaves out the mounts outside its root)
         except OSError:
             view.partial.add(name)
+    _fd_room(view)
     try:
         # (locks first: the detached-mount check opens files on the running tree, which breaks a
         # write lease this refuses)
@@ -244,6 +256,28 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
             posixtimers.TimerError, subreaper.SubreaperError, netdevs.NetdevError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
+
+
+# Fds dump may hold beside one on each mount (its own, a batch's tar, helpers' channels).
+FD_MARGIN = 64
+
+
+def _fd_room(view: View) -> None:
+    """Dump may hold an fd on a clone of each mount at once once the tree is stopped (archives,
+    probes: engine/nscopy.py stream): raise our soft RLIMIT_NOFILE to the hard limit where the tree
+    has more mounts than the soft one allows (as a shell's `ulimit -n` of 1024 under a hard 524288),
+    and refuse, before the stop, where the hard one does not allow them either."""
+    import resource
+    mounts = sum(len(ns["mounts"]) for ns in view.mntns_doc.values())
+    need = mounts + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise PrestopError(errno.EMFILE, f"the tree has {mounts} mounts and dump may hold an fd on each, beyond its "
+                                         f"RLIMIT_NOFILE of {hard} (hard): raise it to {need} at least (ulimit -Hn "
+                                         f"{need}, prlimit --nofile={need}) and dump again")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # How long a vfork parent may wait for one child's exec before the dump refuses it: a shell's child
@@ -525,6 +559,19 @@ def _check_probes(view: View, pids: list[int], names: dict) -> None:
         if sb["external"] or sid in view.unsure or h is None or h.content or not h.wants_probe():
             continue
         todo.append((sid, h, ns_name, e))
+    for i in range(0, len(todo), PROBE_WINDOW):
+        _probe_some(view, todo[i:i + PROBE_WINDOW])
+
+
+# How many mounts _check_probes holds fds on at once: a tree of thousands of probed superblocks
+# (proc mounts, empty-only types) within a dumper's RLIMIT_NOFILE (EMFILE made a probe misjudge
+# a proc mount before session 33: tests/test_engine_prestop_fds.py).
+PROBE_WINDOW = 64
+
+
+def _probe_some(view: View, todo: list) -> None:
+    """Each (sb id, type, namespace name, mount entry) of `todo` probed through an fd on the mount,
+    the fds opened together (_open_mounts) and each closed once its probe returns."""
     fds = _open_mounts(view, [(ns_name, e) for _, _, ns_name, e in todo])
     try:
         for sid, h, ns_name, e in todo:

@@ -98,6 +98,11 @@ def _netfilter_write():
     return netfilter.write
 
 
+
+def _joined(root: str, path: str) -> str:
+    """`path` (absolute, beneath a member) placed beneath `root` (where the member's files go)."""
+    return root if path == "/" else root.rstrip("/") + path
+
 class RestoreError(OSError):
     """Restore refuses or fails: one line naming the mount/process and the reason."""
 
@@ -679,7 +684,8 @@ class _Restorer:
         self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
-        self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
+        self.ro_fd: dict[str, int] = {}    # their mounts (and flags_later's), kept until seal()
+        self.flags_later: set[str] = set()  # superblocks with files whose inode attributes seal() sets
         # Superblock mounts done with while the filling helper still holds them: let go of once it
         # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
         self.after_fill: dict[str, int] = {}
@@ -1277,6 +1283,8 @@ class _Restorer:
                 # Files are extracted into it first: made read-only once they are all there (seal).
                 params.remove(("ro", None))
                 self.ro_later.add(sid)
+            if handler.content and any(arc.get("attrs") for arc in sb.get("archives") or ()):
+                self.flags_later.add(sid)   # (immutable, append-only: once every file is there, seal)
             source = sb["source"] if handler.keep_source else None
             fstype = sb["fstype"].split(".", 1)[0]
             where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']}) on {sb['fstype']}"
@@ -1416,24 +1424,31 @@ class _Restorer:
 
     def _keep_for_seal(self, sid: str, fd: int) -> None:
         """Keep a mount of a superblock that seal() makes read-only after it is filled."""
-        if sid in self.ro_later and sid not in self.ro_fd:
+        if (sid in self.ro_later or sid in self.flags_later) and sid not in self.ro_fd:
             self.ro_fd[sid] = os.dup(fd)
 
     def seal(self) -> None:
         """Make read-only the superblocks that were read-only at dump (created writable to be filled);
         per-mount read-only flags were set on each mount already."""
         self.join_files()
-        for sid in sorted(self.ro_later):
+        for sid in sorted(self.ro_later | self.flags_later):
             fd = self.ro_fd.pop(sid, None)
             if fd is None:
                 continue  # never taken: no mount was cloned from it
             m = next((m for m in self.mounts.values() if m["sb"] == sid), None)
             where = f"mount {m['id']} ({m['mountpoint']})" if m else f"superblock {sid}"
+            doing = "setting its files' inode attributes (chattr)"
             try:
-                kernel.superblock_readonly(fd)
+                for arc in self.doc["superblocks"][sid].get("archives") or ():
+                    if arc.get("attrs"):
+                        content.set_inode_flags(fd, [{**rec, "path": _joined(arc["root"], rec["path"])}
+                                                     for rec in arc["attrs"]])
+                if sid in self.ro_later:
+                    doing = "making its superblock read-only"
+                    kernel.superblock_readonly(fd)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where} on {self.doc['superblocks'][sid]['fstype']}: "
-                                                         f"making its superblock read-only: {e.strerror or e}") from None
+                                                         f"{doing}: {e.strerror or e}") from None
             finally:
                 os.close(fd)
             step("seal")

@@ -3,10 +3,14 @@ alone, and the filesystem does not mount without its fellows (fsconfig: ENOENT).
 naming the devices and what to declare (scenarios/fstypes/hunt32.yaml[btrfs_raid1])."""
 
 import os
+import re
+import shutil
 
 import pytest
 
 from engine.fs import FsError, btrfs
+from enginecase import STOP_WATCH, case, mntcr, was_stopped  # noqa: F401  (fixture)
+from zdtm.holder import HELPERS
 
 
 def _sysfs(tmp_path, fsids):
@@ -47,3 +51,29 @@ def test_single_device_filesystem_goes_on_to_the_loop_device(monkeypatch):
     monkeypatch.setattr(btrfs.BlockType, "plan_device", lambda self, sid, sb, plan: seen.append(sid) or True)
     sb = {"fstype": "btrfs", "source": "/dev/loop0", "device": {"dev": "7:0"}}
     assert btrfs.TYPE.plan_device("sb-2", sb, _Plan()) is True and seen == ["sb-2"]
+
+
+def test_multi_device_filesystem_refused_before_the_stop(case):
+    """btrfs raid1 over two loop devices (their nodes gone, as `losetup -d` leaves an autoclear
+    device): its mount shows an anonymous device, so the devices are known only through an fd on it.
+    Dump refuses naming both and what to declare before it stops the tree (it refused only once the
+    tree was stopped before session 33)."""
+    if shutil.which("mkfs.btrfs") is None:
+        pytest.skip("no mkfs.btrfs (Debian package btrfs-progs)")
+    pid = case.start(STOP_WATCH + HELPERS + "zdtm_loop_nodes\n" + """
+truncate -s 128M /tmp/b1.img /tmp/b2.img
+mkfs.btrfs -q -f -d raid1 -m raid1 /tmp/b1.img /tmp/b2.img >/dev/null
+d1=$(losetup -f --show /tmp/b1.img); d2=$(losetup -f --show /tmp/b2.img)
+mkdir /mnt/r; mount -o device=$d2 $d1 /mnt/r; losetup -d $d1 $d2
+echo raid > /mnt/r/f; exec 5</mnt/r/f
+hold
+""")
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, "--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: superblock sb-\d+ \(btrfs on /dev/loop\d+\): the filesystem spans 2 devices "
+                        r"\(7:\d+ 7:\d+\), and restore makes the device of its source alone; declare the mount with "
+                        r"--external mnt\[/mnt/r\]:KEY, or its device with --external dev\[7:\d+\]:KEY .*\n",
+                        r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

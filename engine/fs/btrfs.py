@@ -7,16 +7,16 @@ the device it had at dump: the device is found through the filesystem's id inste
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
+import struct
 from engine.records import record
 
 from engine import kernel
-from engine.fs import FsError, FsType, block_recipe, register
-from engine.fs._blockdev import BlockType, mountpoint_of
+from engine.fs import FsType, block_recipe, register
+from engine.fs._blockdev import BlockType, one_device_only
 
-BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, fsid at 16
+BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, num_devices at 8, fsid at 16
 
 
 @record(frozen=True)
@@ -57,13 +57,40 @@ class BtrfsType(BlockType):
         dev = sb["device"]["dev"]
         fellows = fellow_devices(dev)
         if len(fellows) > 1:
-            mp = mountpoint_of(sid, plan)
-            raise FsError(errno.EOPNOTSUPP, f"superblock {sid} (btrfs on {sb['source']}): the filesystem spans "
-                                            f"{len(fellows)} devices ({' '.join(fellows)}) and restore attaches a "
-                                            f"loop device for {dev} alone; declare the mount with --external "
-                                            f"mnt[{mp}]:KEY, or its device with --external dev[{dev}]:KEY naming "
-                                            "a block device whose fellows the host has scanned")
+            raise one_device_only(sid, sb, plan, _spans(fellows), dev)
         return super().plan_device(sid, sb, plan)
+
+    def precheck(self, sid: str, sb: dict, plan) -> None:
+        """Before the tree is stopped, where the mount shows an anonymous device: plan_device's
+        refusal of a filesystem over several devices, told by BTRFS_IOC_FS_INFO through an fd on one
+        of its mounts (num_devices, and the fsid that names them in /sys/fs/btrfs). Not when one of
+        them is declared --external dev[MAJ:MIN] (nor when no mount can be opened: dump tells)."""
+        fd = plan.open_sb_mount(sid)
+        if fd is None:
+            return
+        try:
+            buf = fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, bytes(1024))
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        (count,) = struct.unpack_from("<Q", buf, 8)
+        if count <= 1:
+            return
+        b = bytes(buf[16:32]).hex()
+        try:
+            devs = list(_devices("/sys/fs/btrfs", f"{b[:8]}-{b[8:12]}-{b[12:16]}-{b[16:20]}-{b[20:]}"))
+        except OSError:
+            devs = []
+        if set(devs) & plan.ext_devs:
+            return
+        raise one_device_only(sid, sb, plan, _spans(sorted(devs)) if devs else f"the filesystem spans {count} devices",
+                              devs[0] if devs else None)
+
+
+def _spans(fellows: list[str]) -> str:
+    """What a refusal of a filesystem over the devices `fellows` says of them."""
+    return f"the filesystem spans {len(fellows)} devices ({' '.join(fellows)})"
 
 
 def fellow_devices(dev: str | None, base: str = "/sys/fs/btrfs") -> list[str]:

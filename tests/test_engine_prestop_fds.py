@@ -1,0 +1,44 @@
+"""A tree of many mounts within the dump's RLIMIT_NOFILE (engine/prestop.py): the checks before the
+stop hold a window of probe fds at a time (`_check_probes`), dump raises its soft limit to the hard
+one where the tree's mounts need it (`_fd_room`), and refuses before the stop, with what to raise,
+where the hard limit is too low as well (it failed with EMFILE, or misjudged a proc mount whose
+files it could not open, before session 33)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from enginecase import STOP_WATCH, case, mntcr, was_stopped  # noqa: F401  (fixture)
+
+# proc mounts: one superblock each, each probed before the stop and once stopped (its pid namespace)
+MOUNTS = 300
+SETUP = STOP_WATCH + (f"i=0; while [ $i -lt {MOUNTS} ]; do mkdir -p /run/p/$i; mount -t proc proc /run/p/$i; "
+                      "i=$((i+1)); done\nhold\n")
+EXTERNALS = ("--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
+
+
+def test_many_probed_mounts_dumped_and_restored_under_a_low_soft_fd_limit(case):
+    """MOUNTS proc mounts dumped by a dump whose soft RLIMIT_NOFILE is 200 (hard 4096): it dumps,
+    and the restored tree shows every one."""
+    pid = case.start(SETUP, timeout=180)
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *EXTERNALS, wrap=("prlimit", "--nofile=200:4096"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    new = case.restore(images)
+    with open(f"/proc/{new}/mountinfo") as f:
+        shown = [line.split()[4] for line in f if line.split()[4].startswith("/run/p/")]
+    assert len(shown) == MOUNTS, len(shown)
+
+
+def test_many_mounts_beyond_the_hard_fd_limit_refused_unstopped(case):
+    """The same tree dumped under a hard RLIMIT_NOFILE of 200: refused naming the limit and what to
+    raise it to, before the stop."""
+    pid = case.start(SETUP, timeout=180)
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *EXTERNALS, wrap=("prlimit", "--nofile=200"), timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: the tree has \d+ mounts and dump may hold an fd on each, beyond its "
+                        r"RLIMIT_NOFILE of 200 \(hard\): raise it to \d+ at least .*\n", r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
