@@ -1,0 +1,64 @@
+"""Session 33's findings of the image fuzzer (zdtm/imagefuzz.py, tests/test_image_fuzz.py): each
+is a real dump changed as an attacker with write access to the image directory would, refused
+with exit status 2 and one line, nothing left running or mounted (test_hardening_hostile.refused).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import enginecase
+from test_hardening_hostile import _mutated, refused
+from test_hardening_s13 import SETUP, _kid, _restored
+from test_hardening_s15 import _nobody
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """test_hardening_s13's tree: a child in a user namespace mapping 0-65535 to 100000-165535."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _etc(d) -> int:
+    return next(m["id"] for ns in d["mntns"].values() for m in ns["mounts"] if m.get("external") == "etc")
+
+
+def _rootless_fd(path: str, flags: int = os.O_RDONLY):
+    """The child's namespace made by nobody (a rootless tree), its process holding `path` of the
+    host's /etc (the external mount) open at fd 5."""
+    def mutate(d):
+        d["userns"][_kid(d)["userns"]]["owner"] = _nobody().pw_uid
+        _kid(d)["fds"].append({"fd": 5, "flags": flags, "mnt": _etc(d), "path": path, "pos": 0})
+    return mutate
+
+
+def _subids() -> str:
+    return f"{_nobody().pw_uid}:100000:65536\n"   # (the namespace's ranges are nobody's here)
+
+
+@pytest.mark.parametrize("path, flags", [("/shadow", os.O_RDONLY), ("/passwd", os.O_WRONLY)])
+def test_rootless_process_gets_no_host_file_its_ids_cannot_open(image, tmp_path, path, flags):
+    """Restore opened every fd as root: an image of a rootless tree (a user namespace nobody made)
+    whose process holds the host's /etc/shadow, or /etc/passwd for writing, got it (host uid
+    100000 holding root's files, which its owner, nobody, could take with pidfd_getfd). A host's
+    file is opened with the process's own ids now."""
+    if not os.path.exists("/etc" + path):
+        pytest.skip(f"no /etc{path} here")
+    st = os.stat("/etc" + path)
+    if st.st_mode & (0o004 if flags == os.O_RDONLY else 0o002):
+        pytest.skip(f"/etc{path} is open to all here")
+    img = _mutated(image, tmp_path, _rootless_fd(path, flags))
+    refused(img, rf"process \d+ fd 5 \(file\): {path} on mount \d+: .*Permission denied", tmp_path,
+            subids=_subids())
+
+
+def test_rootless_process_keeps_a_host_file_its_ids_open(image, tmp_path):
+    """The same tree holding the host's /etc/passwd for reading (every user may): restored."""
+    img = _mutated(image, tmp_path, _rootless_fd("/passwd"))
+    with _restored(img, tmp_path, subids=_subids()) as root:
+        with open(f"/proc/{root}/task/{root}/children") as f:
+            kid = int(f.read().split()[0])
+        assert os.readlink(f"/proc/{kid}/fd/5") == "/etc/passwd"
