@@ -223,6 +223,39 @@ def host_reach(doc: dict, rnd: random.Random, canary: str) -> str:
     return "nothing to aim"
 
 
+def swap_ref(doc: dict, rnd: random.Random, canary: str) -> str:
+    """A reference in form swapped for another record's of the same kind (a mount's parent, an
+    fd's mount, a superblock, a namespace), or a mount id made another mount's: cross-record
+    checks, not form, must catch what follows."""
+    ids = _ids(doc)
+    places = [(p, v) for p, v in _nodes(doc) if p and (
+        (isinstance(v, str) and "-" in v and v.split("-", 1)[1].isdigit() and len(ids.get(v.split("-", 1)[0], ())) > 1)
+        or (type(v) is int and p[-1] in ("parent", "mnt", "master", "shared", "propagate_from", "id", "ppid",
+                                          "pid", "sid", "pgid")))]
+    if not places:
+        return "no reference"
+    path, v = rnd.choice(places)
+    pool = ids.get(v.split("-", 1)[0]) if isinstance(v, str) else (ids.get(str(path[-1])) or ids.get("id"))
+    others = [x for x in pool or () if x != v] or [v]
+    new = rnd.choice(others)
+    _at(doc, path[:-1])[path[-1]] = new
+    return f"swap {_short(path)} {v!r} -> {new!r}"
+
+
+def inform_path(doc: dict, rnd: random.Random, canary: str) -> str:
+    """A path field set to a normalised absolute path the form check takes, aimed at the host's
+    files or the canary (beneath the mount it names: restore must resolve it there or refuse)."""
+    places = [p for p, v in _nodes(doc) if p and isinstance(v, str) and v.startswith("/") and p[-1] != "source"]
+    if not places:
+        return "no path"
+    path = rnd.choice(places)
+    new = rnd.choice(["/etc/shadow", "/shadow", "/proc/1/environ", "/1/environ", "/dev/sda", "/sda", canary,
+                      canary + "/f", "/root", "/sys/kernel/notes", "/mnt/a/p", "/run/l.sock", "/proc/self/fd/0",
+                      "/" + "a" * 255, "/" + "/".join(["d"] * 1000)])
+    _at(doc, path[:-1])[path[-1]] = new
+    return f"path {_short(path)} -> {_short(new)}"
+
+
 def version(doc: dict, rnd: random.Random, canary: str) -> str:
     """Another format version or format name."""
     key, val = rnd.choice([("version", 2), ("version", "1"), ("version", 1.0), ("version", True),
@@ -232,7 +265,7 @@ def version(doc: dict, rnd: random.Random, canary: str) -> str:
 
 
 MANIFEST_MUTATIONS = (mutate_field, mutate_field, mutate_field, delete_field, unknown_field, duplicate_item,
-                      cycle, host_reach, version)
+                      cycle, host_reach, version, swap_ref, swap_ref, inform_path, inform_path)
 
 
 # --- archive mutations ------------------------------------------------------------------------
