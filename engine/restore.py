@@ -2570,9 +2570,26 @@ class _Restorer:
         with that process's ids, not root's."""
         user = self._open_as
         if user is not None and mnt in self._host_ids():
-            with kernel.as_user_for_a_while(*user):
-                return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+            try:
+                with kernel.as_user_for_a_while(*user[1]):
+                    return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+            except PermissionError:
+                if not self._overrides(user[0], mnt, path, flags):
+                    raise
         return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+
+    def _overrides(self, p: dict, mnt: int, path: str, flags: int) -> bool:
+        """Whether process p's capabilities in its user namespace open the host's file its ids may
+        not (engine/userns.py overrides_dac: a file of ids that namespace maps)."""
+        from engine import userns
+        try:
+            fd = self._open_at(mnt, path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return userns.overrides_dac(p, self.doc.get("userns") or {}, os.fstat(fd), flags)
+        finally:
+            os.close(fd)
 
     def _host_ids(self) -> frozenset:
         if self._host_mount_ids is None:
@@ -2582,7 +2599,8 @@ class _Restorer:
     def _opening_for(self, p: dict | None) -> None:
         """The process whose files open_at opens from now on (None: restore's own)."""
         from engine import userns   # (userns_cr's already)
-        self._open_as = None if p is None else userns.host_fs_ids(p, self.doc.get("userns") or {})
+        ids = None if p is None else userns.host_fs_ids(p, self.doc.get("userns") or {})
+        self._open_as = None if ids is None else (p, ids)
 
     def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]

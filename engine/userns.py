@@ -608,3 +608,17 @@ def host_fs_ids(p: dict, users: dict) -> tuple[int, int, list[int]] | None:
     groups = [g for g in outside(creds["groups"], ns["gid_map"]) if g is not None]
     return (65534 if uid is None else uid, 65534 if gid is None else gid,
             groups + list(creds.get("unmapped_groups") or ()))
+
+
+def overrides_dac(p: dict, users: dict, st: os.stat_result, flags: int) -> bool:
+    """Whether process `p` (of a user namespace of the image) passes the permission check on a
+    file with stat `st` by its capabilities, as the kernel's capable_wrt_inode_uidgid rules: it
+    holds CAP_DAC_OVERRIDE (CAP_DAC_READ_SEARCH, to read) in its user namespace and that
+    namespace maps the file's owner and group."""
+    eff = (p.get("caps") or {}).get("eff") or 0
+    read_only = flags & os.O_PATH or flags & os.O_ACCMODE == os.O_RDONLY
+    if not eff & (1 << 1) and not (read_only and eff & (1 << 2)):
+        return False
+    ns = users[p["userns"]]
+    return (inside([st.st_uid], ns["uid_map"])[0] is not None
+            and inside([st.st_gid], ns["gid_map"])[0] is not None)

@@ -62,3 +62,27 @@ def test_rootless_process_keeps_a_host_file_its_ids_open(image, tmp_path):
         with open(f"/proc/{root}/task/{root}/children") as f:
             kid = int(f.read().split()[0])
         assert os.readlink(f"/proc/{kid}/fd/5") == "/etc/passwd"
+
+
+def test_rootless_root_keeps_a_host_file_of_ids_its_namespace_maps(image, tmp_path):
+    """Its namespace's root (CAP_DAC_OVERRIDE there) holding a host's file mode 0600 of an id the
+    namespace maps (100033, its uid 33): the kernel lets it, so restore does too."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "secret").write_text("x")
+    os.chown(etc / "secret", 100033, 100033)
+    os.chmod(etc / "secret", 0o600)
+    img = _mutated(image, tmp_path, _rootless_fd("/secret"))
+    pidfile = str(tmp_path / "ok.pid")
+    r = enginecase.mntcr("restore", "-D", img, "--external", "mnt[usr]:/usr", "--external", f"mnt[etc]:{etc}",
+                         "--pidfile", pidfile, timeout=120, subids=_subids())
+    assert r.returncode == 0, r.stderr
+    from zdtm.snapshot import kill_tree
+    with open(pidfile) as f:
+        root = int(f.read())
+    try:
+        with open(f"/proc/{root}/task/{root}/children") as f:
+            kid = int(f.read().split()[0])
+        assert os.readlink(f"/proc/{kid}/fd/5") == "/etc/secret"
+    finally:
+        kill_tree(root)
