@@ -86,3 +86,25 @@ def test_rootless_root_keeps_a_host_file_of_ids_its_namespace_maps(image, tmp_pa
         assert os.readlink(f"/proc/{kid}/fd/5") == "/etc/secret"
     finally:
         kill_tree(root)
+
+
+# --- a resource limit whose soft value is above its hard one -------------------------------------
+
+@pytest.mark.parametrize("limit, pair", [("AS", [-1, 0]), ("NOFILE", [2048, 1024])])
+def test_soft_limit_above_hard_is_refused_by_the_validator(image, tmp_path, limit, pair):
+    """The fuzzer's `rlimits.AS` [-1, 0]: the validator took it and the stand-in's last steps failed
+    (prlimit64: Invalid argument), naming RLIMIT_NPROC. The kernel never shows such a pair."""
+    img = _mutated(image, tmp_path, lambda d: d["processes"][0].setdefault("rlimits", {}).__setitem__(limit, pair))
+    refused(img, r"bad image: process \d+: 'rlimits' must map resource names to \[soft, hard\], soft at most hard",
+            tmp_path)
+
+
+@pytest.mark.parametrize("nr, name", [(9, "RLIMIT_AS"), (2, "RLIMIT_DATA"), (6, "RLIMIT_NPROC")])
+def test_a_late_limit_that_fails_is_named(nr, name):
+    """A stand-in's last prlimit64 step that fails names its own limit (it said RLIMIT_NPROC for all)."""
+    import errno
+    import struct
+    from engine import lastword
+    word = struct.pack("=QQ", 3, (-errno.EINVAL) & ((1 << 64) - 1)) + lastword.ENTRY.pack(302, 0, nr, 0, 0, 0, 0, 1, 0)
+    assert lastword.explain(word) == (errno.EINVAL, f"prlimit64 (its {name}, once its threads are made): "
+                                                    "Invalid argument")

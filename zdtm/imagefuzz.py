@@ -501,6 +501,8 @@ def restore(img: str, rext: list[str], work: str, must_succeed: bool = False) ->
     except subprocess.TimeoutExpired:
         code, err = None, ""
         problems.append(f"restore hung for {RESTORE_TIMEOUT}s")
+    if os.environ.get("MNTCR_IMAGEFUZZ_SAY"):
+        print(f"  restore exit {code}: {err.strip()[:400]}", flush=True)
     if must_succeed and code != 0:
         problems.append(f"the unchanged image does not restore: {err.strip()[-300:]}")
     restored = None
