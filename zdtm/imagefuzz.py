@@ -624,11 +624,15 @@ def campaign(seed: int, count: int, images: list[str], work: str, restore_every:
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     os.makedirs(work, exist_ok=True)
     make_canary(os.path.join(work, "canary"))
-    findings, restores = base_findings(images, work), 0
+    findings, restores, done = base_findings(images, work), 0, 0
     started = time.monotonic()
     for n in (only if only is not None else range(count)):
         name, what, problems = run_case(seed, n, images, work, restore_every)
         restores += "(validator only)" not in what
+        done += 1
+        if done % 250 == 0:
+            print(f"imagefuzz: seed {seed}: {done} mutations so far, {restores} restored, {len(findings)} findings, "
+                  f"{time.monotonic() - started:.0f}s", flush=True)
         if verbose:
             print(f"n={n} {name}: {what}: {problems or 'ok'}", flush=True)
         for p in problems:
