@@ -837,7 +837,8 @@ PROCESS = Record("process", {
     "loginuid": F(INT, required=False, rule=rng(0, 4294967295)),   # its audit login uid, when not the dumper's
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
         k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
-        for k, x in v.items()) else "must map resource names to [soft, hard]"),
+        and x[0] % (1 << 64) <= x[1] % (1 << 64)   # (the kernel keeps no soft limit above its hard one; -1: none)
+        for k, x in v.items()) else "must map resource names to [soft, hard], soft at most hard (-1: unlimited)"),
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),

@@ -1056,6 +1056,40 @@ class fs_ids_for_a_while:
         return False
 
 
+class as_user_for_a_while:
+    """``with as_user_for_a_while(uid, gid, groups):`` this thread's file system ids and groups are
+    uid's, gid's and `groups` (raw setgroups: this thread alone), without root's capabilities over
+    files (a file system uid other than 0 drops them, SECBIT_NO_SETUID_FIXUP cleared meanwhile): an
+    open checks the permissions that user would meet. Afterwards root's ids, groups, capabilities and
+    securebits come back."""
+
+    def __init__(self, uid: int, gid: int, groups: list[int]):
+        self.ids, self.groups = (uid, gid), groups
+
+    def __enter__(self):
+        self.bits = _check(_libc.prctl(27, 0, 0, 0, 0), "prctl(PR_GET_SECUREBITS)")
+        self.old_groups = os.getgroups()
+        self.old = (_libc.setfsuid(-1), _libc.setfsgid(-1))
+        if self.bits & 0x4:
+            _check(_libc.prctl(28, self.bits & ~0x4, 0, 0, 0), "prctl(PR_SET_SECUREBITS)")
+        try:
+            arr = (ctypes.c_uint * max(1, len(self.groups)))(*self.groups)
+            syscall("setgroups", len(self.groups), arr)
+            set_fs_ids(*self.ids)
+        except OSError:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        _libc.setfsuid(self.old[0])
+        _libc.setfsgid(self.old[1])
+        arr = (ctypes.c_uint * max(1, len(self.old_groups)))(*self.old_groups)
+        syscall("setgroups", len(self.old_groups), arr)
+        _check(_libc.prctl(28, self.bits, 0, 0, 0), "prctl(PR_SET_SECUREBITS)")
+        return False
+
+
 def set_fs_ids(uid: int | None = None, gid: int | None = None) -> None:
     """setfsuid/setfsgid, asked again (the kernel answers with the old id whether it took or not):
     OSError(EPERM) when one did not take."""

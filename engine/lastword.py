@@ -38,8 +38,9 @@ _NAMES = {3: lambda a: "close", 11: lambda a: "munmap (of the interpreter's exec
           222: lambda a: "timer_create (a POSIX timer made once its threads are)",
           223: lambda a: f"timer_settime (arming POSIX timer {a[0]})",
           226: lambda a: f"timer_delete({a[0]}) (a filler)",
-          302: lambda a: "prlimit64 (its RLIMIT_NPROC, once its threads are made)",
+          302: lambda a: f"prlimit64 (its RLIMIT_{_LATE_LIMITS.get(a[1], a[1])}, once its threads are made)",
           317: lambda a: "seccomp (installing its filters)"}
+_LATE_LIMITS = {6: "NPROC", 2: "DATA", 9: "AS"}   # (engine/threads.py _LATE: the limits taken last)
 _PRCTL = {4: lambda a: f"prctl(PR_SET_DUMPABLE, {a[1]})", 8: lambda a: f"prctl(PR_SET_KEEPCAPS, {a[1]})",
           15: lambda a: "prctl(PR_SET_NAME) (a thread's name, or its own)",
           35: lambda a: "prctl(PR_SET_MM_MAP) making its executable",

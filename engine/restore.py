@@ -652,6 +652,8 @@ class _Restorer:
         self.detached: dict[int, dict] = {d["id"]: d for d in (doc.get("detached") or {}).values()}
         self._ext_by_sb: dict[str, list[dict]] | None = None
         self._child_rel: dict[int, dict[str, int]] = {}  # mount -> {child mount point relative to it: child}
+        self._open_as: tuple | None = None   # open_at's ids for the host's files (_opening_for)
+        self._host_mount_ids: frozenset | None = None
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.ext_src: dict[int, int] = {}  # external mount id -> detached clone of its host path
         self.ext_host: dict[int, int] = {}  # external mount id -> O_PATH fd on the host's mount itself
@@ -2578,8 +2580,42 @@ class _Restorer:
 
     def open_at(self, mnt: int, path: str, flags: int) -> int:
         """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered; never
-        blocking (a FIFO of the image where it has a file must not hang restore)."""
+        blocking (a FIFO of the image where it has a file must not hang restore). A host's file
+        (an external mount's) opened for a process of a rootless tree (`_opening_for`) is opened
+        with that process's ids, not root's."""
+        user = self._open_as
+        if user is not None and mnt in self._host_ids():
+            try:
+                with kernel.as_user_for_a_while(*user[1]):
+                    return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+            except PermissionError:
+                if not self._overrides(user[0], mnt, path, flags):
+                    raise
         return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+
+    def _overrides(self, p: dict, mnt: int, path: str, flags: int) -> bool:
+        """Whether process p's capabilities in its user namespace open the host's file its ids may
+        not (engine/userns.py overrides_dac: a file of ids that namespace maps)."""
+        from engine import userns
+        try:
+            fd = self._open_at(mnt, path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return userns.overrides_dac(p, self.doc.get("userns") or {}, os.fstat(fd), flags)
+        finally:
+            os.close(fd)
+
+    def _host_ids(self) -> frozenset:
+        if self._host_mount_ids is None:
+            self._host_mount_ids = self._host_mounts()
+        return self._host_mount_ids
+
+    def _opening_for(self, p: dict | None) -> None:
+        """The process whose files open_at opens from now on (None: restore's own)."""
+        from engine import userns   # (userns_cr's already)
+        ids = None if p is None else userns.host_fs_ids(p, self.doc.get("userns") or {})
+        self._open_as = None if ids is None else (p, ids)
 
     def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]
@@ -2659,17 +2695,22 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None
         deferred: list = []
-        for p in self.doc["processes"]:
-            chan = self.chans[p["pid"]]
-            where = f"process {p['pid']}"
-            self._place_fds(p, chan, where, deferred)
-            step("process")
-        for p, later, after in deferred:   # (every process holds its other fds now)
-            chan, where = self.chans[p["pid"]], f"process {p['pid']}"
-            after += self._place_fd_list(p, later, chan, where)
-            self._map_files(p, chan, where)
-            self._attach_shm(p, chan, where)
-            self._after_fds(after, chan, where)
+        try:
+            for p in self.doc["processes"]:
+                chan = self.chans[p["pid"]]
+                where = f"process {p['pid']}"
+                self._opening_for(p)
+                self._place_fds(p, chan, where, deferred)
+                step("process")
+            for p, later, after in deferred:   # (every process holds its other fds now)
+                chan, where = self.chans[p["pid"]], f"process {p['pid']}"
+                self._opening_for(p)
+                after += self._place_fd_list(p, later, chan, where)
+                self._map_files(p, chan, where)
+                self._attach_shm(p, chan, where)
+                self._after_fds(after, chan, where)
+        finally:
+            self._opening_for(None)
         try:
             self._fds.finish()
         except OSError as e:
@@ -2688,7 +2729,11 @@ class _Restorer:
 
     def _enter_now(self, p: dict) -> None:
         chan = self.chans[p["pid"]]
-        ns_fd, root, cwd = self._root_cwd(p)
+        self._opening_for(p)
+        try:
+            ns_fd, root, cwd = self._root_cwd(p)
+        finally:
+            self._opening_for(None)
         try:
             # (one in it already, maybe inside a user namespace that does not own it, only chroots)
             chan.call(("enter", self.entered.get(p["pid"]) == p["ns"]["mnt"]), [ns_fd, root, cwd])

@@ -128,14 +128,14 @@ class Host:
             assert not os.path.exists(pidfile), "a refused restore wrote its pid file"
 
 
-def refused(img: str, pattern: str, tmp_path, extra=(), env=None, victim=None, timeout=60) -> str:
+def refused(img: str, pattern: str, tmp_path, extra=(), env=None, victim=None, timeout=60, subids=None) -> str:
     """Restore `img`: exit 2, one line matching `pattern`, and nothing touched (see Host); within
-    `timeout` seconds."""
+    `timeout` seconds; `subids` as enginecase.mntcr's."""
     victim = victim or _victim(tmp_path)
     host = Host(img, victim)
     pidfile = os.path.join(str(tmp_path), "refused.pid")
     r = mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, *extra, "--pidfile", pidfile, env=env,
-              timeout=timeout)
+              timeout=timeout, subids=subids)
     if r.returncode == 0:  # it must not have worked: clean up what it started, then fail
         from zdtm.snapshot import kill_tree
         with open(pidfile) as f:
