@@ -21,7 +21,7 @@ import stat
 import struct
 import sys
 
-from engine import channel, image, kernel
+from engine import channel, image, kernel, tarlist
 
 _COMMON = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
 _PLAIN = ["--numeric-owner"]   # extracting an archive with no xattr or ACL (XATTR_WORDS)
@@ -551,14 +551,26 @@ def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple |
     """Refuse an archive whose members could reach outside the superblocks it fills: absolute names,
     `..`, a top-level name not in `allowed`, a path through a member that is a symlink, a hard
     link to outside, or a device node the device policy does not allow (see IMAGE.md).
-    `listed`: (status, stdout, stderr) of tar's listing of that archive, made already (ReadAhead)."""
+    `listed`: (status, stdout, stderr) of tar's listing of that archive, made already (ReadAhead).
+    Without it, a small archive whose headers engine.tarlist reads all of is listed from them;
+    any other gets tar's listing."""
+    found = None
     if listed is None:
-        os.lseek(archive_fd, 0, os.SEEK_SET)
-        listed = run([_tar(), *_LIST], stdin=archive_fd)
+        found = tarlist.members(archive_fd, os.fstat(archive_fd).st_size)
+    if found is None:
+        if listed is None:
+            os.lseek(archive_fd, 0, os.SEEK_SET)
+            listed = run([_tar(), *_LIST], stdin=archive_fd)
+        found = _listing(listed, name)
+    _check_listed(found, name, allowed)
+
+
+def _listing(listed: tuple, name: str) -> list[tuple]:
+    """tar -tv's listing `listed` (status, stdout, stderr) as [(kind, member, hard link target, device)]."""
     code, out, err = listed
     if code != 0:
         raise OSError(f"archive {name} is damaged: {_last_line(err.decode(errors='replace'), 'unreadable')}")
-    symlinks: set[str] = set()
+    found = []
     for line in _text(out).split("\n"):
         if not line:
             continue
@@ -569,7 +581,20 @@ def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple |
             q = -1
         if q < 0:
             raise OSError(f"archive {name}: cannot read its listing line {line[:80]!r}")
-        kind = line[0]
+        kind, target, dev = line[0], None, None
+        if kind == "h":
+            target, _ = _c_unquote(line, line.index('"', line.index(" link to ", end) + 8))
+        elif kind in "cb":
+            major, _, minor = line[:q].split()[2].partition(",")
+            dev = (int(major), int(minor))
+        found.append((kind, member, target, dev))
+    return found
+
+
+def _check_listed(found: list[tuple], name: str, allowed: set[str]) -> None:
+    """check_members' checks of the members `found` ([(kind, member, hard link target, device)])."""
+    symlinks: set[str] = set()
+    for kind, member, target, dev in found:
         member = member.rstrip("/") or member
         parts = member.split("/")
         if member[0] == "/" or ".." in parts or parts[0] not in allowed:
@@ -581,12 +606,9 @@ def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple |
         if kind == "l":
             symlinks.add(member)
         elif kind == "h":
-            target, _ = _c_unquote(line, line.index('"', line.index(" link to ", end) + 8))
             if not _member_ok(target.rstrip("/"), allowed):
                 raise OSError(f"archive {name}: member {member!r} is a hard link to {target!r}, outside the archive")
         elif kind in "cb":
-            major, _, minor = line[:q].split()[2].partition(",")
-            dev = (int(major), int(minor))
             if kind == "c" and dev == WHITEOUT:
                 continue
             if _device_policy == "none" or (_device_policy == "container" and (kind != "c" or dev not in
