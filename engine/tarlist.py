@@ -2,9 +2,10 @@
 
 restore checks every archive's members before extracting it (content.check_members): names, kinds,
 hard link targets, device numbers. For a small tree that listing was a tar process of its own (a
-fork and an exec on the filler's path). Dump's archives are POSIX (pax) tar files whose headers say
-all of that; `members` reads them here, for archives up to MAX_SIZE, and only when every header is
-one it fully understands: a ustar header with a good checksum and octal fields, a typeflag of a
+fork and an exec on the filler's path). Dump's archives are POSIX (pax) tar files (its --xattrs and
+--acls make GNU tar write that format even where its default is gnu), whose headers say all of that;
+`members` reads them here, for archives up to MAX_SIZE, and only when every header is one it fully
+understands: a ustar header with a good checksum and octal fields, a typeflag of a
 regular file, hard link, symlink, device, directory or FIFO, at most one pax header before it with
 keywords from a known set, names and hard link targets of printable ASCII with no empty, `.` or `..`
 component, the end of the archive two or more zero blocks and nothing after them. Anything else
