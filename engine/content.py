@@ -289,14 +289,30 @@ def inode_flags(staging: int, names: list[str]) -> list[tuple[str, dict]]:
             if not stat.S_ISDIR(mode):
                 continue
             path = top + (rel[len("/" + only):] if only else rel)
-            with os.scandir(path) as it:
-                for entry in it:
+            todo += _flagged_entries(path, rel, dev)
+    return out
+
+
+def _flagged_entries(path: str, rel: str, dev: int) -> list[tuple[str, int, int]]:
+    """[(path beneath the member, attributes, mode)] of the directories and regular files in
+    directory `path` (`rel` beneath the member) on device `dev`. A name removed or replaced while
+    walked is passed over, as tar passes over it ("file changed as we read it"): a superblock a
+    process outside the tree shares may change under the dump."""
+    found = []
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                try:
                     if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
                         continue
                     a, _, m, d = kernel.statx_attributes(entry.path, flags=kernel.AT_SYMLINK_NOFOLLOW)
-                    if d == dev:
-                        todo.append((rel.rstrip("/") + "/" + entry.name, a, m))
-    return out
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if d == dev:
+                    found.append((rel.rstrip("/") + "/" + entry.name, a, m))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return found
 
 
 def set_inode_flags(root_fd: int, records) -> None:
@@ -305,14 +321,22 @@ def set_inode_flags(root_fd: int, records) -> None:
     is passed over."""
     for rec in records:
         rel = rec["path"].lstrip("/") or "."
+        # O_PATH first: an image's path may name a device node or a FIFO, which root must not open.
         try:
-            fd = kernel.openat2(root_fd, rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS)
+            path_fd = kernel.openat2(root_fd, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS)
         except OSError:
             continue
         try:
-            if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+            mode = os.fstat(path_fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 continue
+            fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        finally:
+            os.close(path_fd)
+        try:
             have = struct.unpack_from("<i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)))[0]
             fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<iI", have | rec["flags"], 0))
         finally:

@@ -76,3 +76,27 @@ def test_archive_reference_attrs_validated():
         with pytest.raises(Exception) as e:
             imageformat.check_record(imageformat.ARCHIVE_REF, {**ok, "attrs": [bad]}, "arc")
         assert "attrs" in str(e.value), e.value
+
+
+def test_walk_passes_over_a_file_removed_meanwhile(tmp_path, monkeypatch):
+    """A file removed between the walk's scandir and its statx (a superblock a process outside the
+    tree shares: a pod's /dev/shm) is passed over, as tar passes over it, not a failed dump."""
+    from engine import content, kernel
+    member = tmp_path / "sb-0"
+    member.mkdir()
+    for name in ("a", "b"):
+        (member / name).write_text("")
+    real = kernel.statx_attributes
+
+    def racing(path, *a, **kw):
+        if path.endswith("/b"):
+            (member / "b").unlink()   # (removed by a process outside the tree, now)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(kernel, "statx_attributes", racing)
+    staging = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert content.inode_flags(staging, ["sb-0"]) == []
+    finally:
+        os.close(staging)
+
