@@ -12,13 +12,15 @@ from engine import fds, fown
 class FdMaker:
     """Makes fds for the restorer; `close` drops its own copies once every stand-in holds its fds."""
 
-    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None, pid_of=None, ns_fd=None):
+    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None, pid_of=None, ns_fd=None,
+                 reach_now=None):
         self.proc = proc
         self.pid_of = pid_of
         self.ns_fd = ns_fd
         self.open_ghost = open_ghost
         self.objects = objects
         self.open_at = open_at
+        self.reach_now = reach_now   # () -> RestoreFd.reach for the process whose fds are made now
         self.state: dict = {}
         self.keep: list[int] = []
         self.late: list = []     # (what, fn) run once every process got its fds (RestoreFd.late)
@@ -76,7 +78,8 @@ class FdMaker:
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
                           standin=standin, keep=self.keep, proc=self.proc,
                           open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd,
-                          standin_of=standin_of, share=self.share)
+                          standin_of=standin_of, share=self.share,
+                          reach=None if self.reach_now is None else self.reach_now())
         fd = kind.open(r)
         self.give_owner(fd, entry, where)
         if desc is not None:

@@ -652,7 +652,7 @@ class _Restorer:
         self.detached: dict[int, dict] = {d["id"]: d for d in (doc.get("detached") or {}).values()}
         self._ext_by_sb: dict[str, list[dict]] | None = None
         self._child_rel: dict[int, dict[str, int]] = {}  # mount -> {child mount point relative to it: child}
-        self._open_as: tuple | None = None   # open_at's ids for the host's files (_opening_for)
+        self._open_as: tuple | None = None   # open_at's gate to the host's files (_opening_for)
         self._host_mount_ids: frozenset | None = None
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.ext_src: dict[int, int] = {}  # external mount id -> detached clone of its host path
@@ -2582,29 +2582,35 @@ class _Restorer:
         """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered; never
         blocking (a FIFO of the image where it has a file must not hang restore). A host's file
         (an external mount's) opened for a process of a rootless tree (`_opening_for`) is opened
-        with that process's ids, not root's."""
-        user = self._open_as
-        if user is not None and mnt in self._host_ids():
-            try:
-                with kernel.as_user_for_a_while(*user[1]):
-                    return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
-            except PermissionError:
-                if not self._overrides(user[0], mnt, path, flags):
-                    raise
-        return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+        only as far as that tree's user could (engine/userns.py host_gate), not as root."""
+        return self.host_reach(self._open_as)(mnt, lambda: self._open_at(mnt, path, os.O_PATH | os.O_CLOEXEC),
+                                              lambda: kernel.open_unblocked(lambda f: self._open_at(mnt, path, f),
+                                                                            flags))
 
-    def _overrides(self, p: dict, mnt: int, path: str, flags: int) -> bool:
-        """Whether process p's capabilities in its user namespace open the host's file its ids may
-        not (engine/userns.py overrides_dac: a file of ids that namespace maps)."""
+    def host_reach(self, gate):
+        """reach(mnt, at, fn) -> fn(), run as root where `gate` (userns.host_gate's, or None) lets it:
+        on a mount `mnt` of the host, fn runs as the gate's user first; denied that, as root only on
+        a file (an O_PATH fd at()) whose ids the tree's outermost owned user namespace maps."""
+        if gate is None:
+            return lambda mnt, at, fn: fn()
         from engine import userns
-        try:
-            fd = self._open_at(mnt, path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            return userns.overrides_dac(p, self.doc.get("userns") or {}, os.fstat(fd), flags)
-        finally:
-            os.close(fd)
+        host, users = self._host_ids(), self.doc.get("userns") or {}
+
+        def reach(mnt, at, fn):
+            if mnt not in host:
+                return fn()
+            try:
+                with kernel.as_user_for_a_while(*gate[1]):
+                    return fn()
+            except PermissionError:
+                fd = at()
+                try:
+                    if not userns.maps_file(gate[0], users, os.fstat(fd)):
+                        raise
+                finally:
+                    os.close(fd)
+            return fn()
+        return reach
 
     def _host_ids(self) -> frozenset:
         if self._host_mount_ids is None:
@@ -2614,8 +2620,7 @@ class _Restorer:
     def _opening_for(self, p: dict | None) -> None:
         """The process whose files open_at opens from now on (None: restore's own)."""
         from engine import userns   # (userns_cr's already)
-        ids = None if p is None else userns.host_fs_ids(p, self.doc.get("userns") or {})
-        self._open_as = None if ids is None else (p, ids)
+        self._open_as = None if p is None else userns.host_gate(p, self.doc.get("userns") or {})
 
     def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]
@@ -2649,7 +2654,7 @@ class _Restorer:
 
     def place_processes(self) -> None:
         self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost,
-                            self.hostpid.get, self._ns_fd_of)
+                            self.hostpid.get, self._ns_fd_of, lambda: self.host_reach(self._open_as))
         if any(f.get("kind") == "pty" for p in self.doc["processes"] for f in p["fds"]):
             from engine.fds import pty
             self._fds.state[pty.HOST_MOUNTS] = self._host_mounts()

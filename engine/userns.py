@@ -586,12 +586,14 @@ def uncovered(ranges, have) -> int | None:
     return None
 
 
-def host_fs_ids(p: dict, users: dict) -> tuple[int, int, list[int]] | None:
-    """(fsuid, fsgid, groups) as the host names them of image process `p` when it lies in a user
-    namespace a non-root user made (at any depth: a rootless tree), else None. Restore opens the
-    host's files for such a process with them (engine/restore.py open_at): as root it would hand
-    that user a file its own ids could not open (an fd on /etc/shadow). Without a creds record
-    (an older image), the namespace owner's uid and the overflow group."""
+def host_gate(p: dict, users: dict) -> tuple[str, tuple[int, int, list[int]]] | None:
+    """(the outermost user namespace a non-root user made, (uid, gid, groups) of that user as the
+    host names them) when image process `p` lies beneath such a namespace (a rootless tree), else
+    None. Restore reaches the host's files for such a process only as far as that user could
+    (engine/restore.py open_at, host_reach): as root it would hand the user a file it could not open
+    (an fd on /etc/shadow) or a connection it could not make. The user, not the process's own ids:
+    a process may hold what it opened before it dropped them (a log its container's root opened,
+    then setuid to www-data), which its user could open as well."""
     name, top = p.get("userns"), None
     while name is not None:
         if users[name].get("owner"):
@@ -599,26 +601,20 @@ def host_fs_ids(p: dict, users: dict) -> tuple[int, int, list[int]] | None:
         name = users[name].get("parent")
     if top is None:
         return None
-    creds = p.get("creds")
-    if creds is None:
-        return users[top]["owner"], 65534, []
-    ns = users[p["userns"]]
-    uid = outside(creds["uid"][3:4], ns["uid_map"])[0]
-    gid = outside(creds["gid"][3:4], ns["gid_map"])[0]
-    groups = [g for g in outside(creds["groups"], ns["gid_map"]) if g is not None]
-    return (65534 if uid is None else uid, 65534 if gid is None else gid,
-            groups + list(creds.get("unmapped_groups") or ()))
+    import pwd
+    owner = users[top]["owner"]
+    try:
+        ent = pwd.getpwuid(owner)
+        gid, groups = ent.pw_gid, os.getgrouplist(ent.pw_name, ent.pw_gid)
+    except (KeyError, OSError):
+        gid, groups = 65534, []
+    return top, (owner, gid, groups)
 
 
-def overrides_dac(p: dict, users: dict, st: os.stat_result, flags: int) -> bool:
-    """Whether process `p` (of a user namespace of the image) passes the permission check on a
-    file with stat `st` by its capabilities, as the kernel's capable_wrt_inode_uidgid rules: it
-    holds CAP_DAC_OVERRIDE (CAP_DAC_READ_SEARCH, to read) in its user namespace and that
-    namespace maps the file's owner and group."""
-    eff = (p.get("caps") or {}).get("eff") or 0
-    read_only = flags & os.O_PATH or flags & os.O_ACCMODE == os.O_RDONLY
-    if not eff & (1 << 1) and not (read_only and eff & (1 << 2)):
-        return False
-    ns = users[p["userns"]]
+def maps_file(top: str, users: dict, st: os.stat_result) -> bool:
+    """Whether user namespace `top` maps both the owner and the group of a file with stat `st`: its
+    root, which its user may become, then passes the permission check by CAP_DAC_OVERRIDE (the
+    kernel's capable_wrt_inode_uidgid)."""
+    ns = users[top]
     return (inside([st.st_uid], ns["uid_map"])[0] is not None
             and inside([st.st_gid], ns["gid_map"])[0] is not None)

@@ -108,3 +108,97 @@ def test_a_late_limit_that_fails_is_named(nr, name):
     word = struct.pack("=QQ", 3, (-errno.EINVAL) & ((1 << 64) - 1)) + lastword.ENTRY.pack(302, 0, nr, 0, 0, 0, 0, 1, 0)
     assert lastword.explain(word) == (errno.EINVAL, f"prlimit64 (its {name}, once its threads are made): "
                                                     "Invalid argument")
+
+
+def test_rootless_process_keeps_a_host_file_its_user_opened_before_dropping_ids(image, tmp_path):
+    """A process holds what it opened before it dropped its ids (a log its container's root opened,
+    then setuid to www-data): restore opens a host's file as far as the tree's user could (here
+    nobody's own 0600 file), not as far as the process's present ids could (host uid 100000, which
+    was refused: Permission denied)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "log").write_text("x")
+    nobody = _nobody()
+    os.chown(etc / "log", nobody.pw_uid, nobody.pw_gid)
+    os.chmod(etc / "log", 0o600)
+    os.chmod(tmp_path, 0o755)
+    img = _mutated(image, tmp_path, _rootless_fd("/log"))
+    pidfile = str(tmp_path / "ok.pid")
+    r = enginecase.mntcr("restore", "-D", img, "--external", "mnt[usr]:/usr", "--external", f"mnt[etc]:{etc}",
+                         "--pidfile", pidfile, timeout=120, subids=_subids())
+    assert r.returncode == 0, r.stderr
+    from zdtm.snapshot import kill_tree
+    with open(pidfile) as f:
+        root = int(f.read())
+    try:
+        with open(f"/proc/{root}/task/{root}/children") as f:
+            kid = int(f.read().split()[0])
+        assert os.readlink(f"/proc/{kid}/fd/5") == "/etc/log"
+    finally:
+        kill_tree(root)
+
+
+def _reach(tmp_path, owner: int):
+    """restore._Restorer.host_reach on a stub restorer whose mount 1 is the host's, for a tree whose
+    user namespace `user-1` user `owner` made, mapping 0-65535 to 100000-165535."""
+    import types
+    from engine import restore, userns
+    users = {"user-1": {"owner": owner, "parent": None,
+                        "uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]]}}
+    stub = types.SimpleNamespace(doc={"userns": users}, _host_ids=lambda: frozenset({1}))
+    gate = userns.host_gate({"pid": 1, "userns": "user-1"}, users)
+    return restore._Restorer.host_reach(stub, gate)
+
+
+def _connect(at: int):
+    """Connect to the socket file of O_PATH fd `at` as restore does: through its /proc magic link
+    (no search of the directories above it as the user)."""
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"/proc/self/fd/{at}")
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("sock_owner, mode, reached", [(0, 0o600, False), (0, 0o666, True), (100033, 0o600, True)])
+def test_rootless_connect_to_a_host_socket_as_its_user_could(tmp_path, sock_owner, mode, reached):
+    """A rootless tree's connection to a host's socket (a `connect` on an external mount) is made
+    only where the tree's user could make it: root's 0600 socket (/run/docker.sock) is refused, an
+    open one or one of ids its namespace maps is reached. Before, restore connected as root."""
+    import socket
+    path = tmp_path / "sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    os.chown(path, sock_owner, sock_owner)
+    os.chmod(path, mode)
+    reach = _reach(tmp_path, _nobody().pw_uid)
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    at = lambda: os.dup(fd)   # noqa: E731
+    try:
+        if reached:
+            reach(1, at, lambda: _connect(fd))
+        else:
+            with pytest.raises(PermissionError):
+                reach(1, at, lambda: _connect(fd))
+        reach(2, at, lambda: _connect(fd))   # (a mount the tree makes: as root)
+    finally:
+        os.close(fd)
+        srv.close()
+
+
+def test_unix_connect_goes_through_reach(monkeypatch):
+    """unix._connect_to connects to a named socket on a mount through RestoreFd.reach (the gate)."""
+    from engine.fds import unix, unix_ghost, RestoreFd
+    monkeypatch.setattr(unix_ghost, "sock_file", lambda r, c: os.open("/", os.O_PATH))
+    seen = []
+
+    def reach(mnt, at, fn):
+        os.close(at())
+        seen.append(mnt)
+        raise PermissionError(13, "denied")
+    r = RestoreFd(entry={"fd": 3}, objects={}, state={}, open_at=None, standin=None, keep=[], reach=reach)
+    with pytest.raises(PermissionError):
+        unix._connect_to(r, None, {"mnt": 7, "at": "/run/docker.sock"})
+    assert seen == [7]

@@ -104,6 +104,10 @@ class RestoreFd:
     # share(desc id, make) -> our fd on the description an image "desc" names: made by make() the
     # first time (an fd in flight that shares it: engine/fds/unix_queue.py open_inflight), else a dup.
     share: Callable | None = None
+    # reach(mnt, at, fn) -> fn(): fn run only where the tree's user could reach the host's file of
+    # mount `mnt` (an O_PATH fd at()): as that user first, as root on a file of ids it maps (a
+    # rootless tree: engine/restore.py host_reach); None: fn() as root.
+    reach: Callable | None = None
 
     @property
     def where(self) -> str:

@@ -734,13 +734,23 @@ def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:
         s.connect(b"\0" + binascii.a2b_base64(c["abstract"]))
         return
     at = unix_ghost.sock_file(r, c)
-    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+
+    def connect():
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            os.fchdir(r.proc)
+            s.connect(f"self/fd/{at}")
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
     try:
-        os.fchdir(r.proc)
-        s.connect(f"self/fd/{at}")
+        # A host's socket (not one the image makes) only as the tree's user could connect to it:
+        # a rootless tree's image naming /run/docker.sock must not get root's connection.
+        if r.reach is not None and "mnt" in c and not (c.get("to") or c.get("unlinked")):
+            r.reach(c["mnt"], lambda: os.dup(at), connect)
+        else:
+            connect()
     finally:
-        os.fchdir(cwd)
-        os.close(cwd)
         os.close(at)
 
 
