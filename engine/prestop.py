@@ -264,9 +264,10 @@ FD_MARGIN = 64
 
 def _fd_room(view: View) -> None:
     """Dump may hold an fd on a clone of each mount at once once the tree is stopped (archives,
-    probes: engine/nscopy.py stream): raise our soft RLIMIT_NOFILE to the hard limit where the tree
+    probes: engine/nscopy.py stream): raise our soft RLIMIT_NOFILE to what they need where the tree
     has more mounts than the soft one allows (as a shell's `ulimit -n` of 1024 under a hard 524288),
-    and refuse, before the stop, where the hard one does not allow them either."""
+    and refuse, before the stop, where the hard one does not allow them either. (Not to the hard one:
+    tar and the other programs dump runs inherit it.)"""
     import resource
     mounts = sum(len(ns["mounts"]) for ns in view.mntns_doc.values())
     need = mounts + FD_MARGIN
@@ -277,7 +278,7 @@ def _fd_room(view: View) -> None:
         raise PrestopError(errno.EMFILE, f"the tree has {mounts} mounts and dump may hold an fd on each, beyond its "
                                          f"RLIMIT_NOFILE of {hard} (hard): raise it to {need} at least (ulimit -Hn "
                                          f"{need}, prlimit --nofile={need}) and dump again")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 # How long a vfork parent may wait for one child's exec before the dump refuses it: a shell's child
