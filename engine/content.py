@@ -199,7 +199,8 @@ _SOCKET_IGNORED = rx.compile(r'^[^ ]*tar: (".*"): socket ignored$')
 def archive_in(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan: channel.Channel) -> None:
     """What archive's child does, for a helper of the caller's that already runs (dump's kept namespace
     helper, engine/nscopy.py Kept.archive): stage the mounts in a private namespace of its own (made
-    once), run tar into `out_fd`, send ("ok", the socket files tar left out)."""
+    once), run tar into `out_fd`, send ("ok", (the socket files tar left out, the inode attributes
+    inode_flags found))."""
     _archive_child(mounts, out_fd, dirs, chan)
 
 

@@ -338,9 +338,10 @@ class Kept:
             else:
                 self.close()
 
-    def archive(self, mounts: list[tuple[int, str]], out_fd: int, dirs: dict) -> list:
+    def archive(self, mounts: list[tuple[int, str]], out_fd: int, dirs: dict) -> tuple:
         """content.archive's child's work (content.archive_in) done by this idle helper: the fds
-        travel with the request, at most channel.MAX_FDS (`fits`). Returns what the child returns."""
+        travel with the request, at most channel.MAX_FDS (`fits`). Returns what the child sends:
+        (socket files tar left out, inode attributes)."""
         fds = [out_fd, *(fd for fd, _ in mounts), *(vfd for views in dirs.values() for _, vfd in views)]
         _request(self.chan, ("archive", [name for _, name in mounts],
                              {member: [rel for rel, _ in views] for member, views in dirs.items()}), fds)
