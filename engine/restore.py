@@ -688,6 +688,7 @@ class _Restorer:
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
         self.ro_fd: dict[str, int] = {}    # their mounts (and flags_later's), kept until seal()
         self.flags_later: set[str] = set()  # superblocks with files whose inode attributes seal() sets
+        self.attrs_later: list[tuple[str, str, int]] = []   # (sid, what, fd) of those set_attrs sets
         # Superblock mounts done with while the filling helper still holds them: let go of once it
         # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
         self.after_fill: dict[str, int] = {}
@@ -1439,21 +1440,43 @@ class _Restorer:
                 continue  # never taken: no mount was cloned from it
             m = next((m for m in self.mounts.values() if m["sb"] == sid), None)
             where = f"mount {m['id']} ({m['mountpoint']})" if m else f"superblock {sid}"
-            doing = "setting its files' inode attributes (chattr)"
+            where = f"{where} on {self.doc['superblocks'][sid]['fstype']}"
+            if sid not in self.ro_later:
+                self.attrs_later.append((sid, where, fd))   # (set_attrs, once the processes hold their fds)
+                continue
             try:
-                for arc in self.doc["superblocks"][sid].get("archives") or ():
-                    if arc.get("attrs"):
-                        content.set_inode_flags(fd, [{**rec, "path": _joined(arc["root"], rec["path"])}
-                                                     for rec in arc["attrs"]])
-                if sid in self.ro_later:
-                    doing = "making its superblock read-only"
+                self._set_attrs(sid, fd, where)
+                try:
                     kernel.superblock_readonly(fd)
-            except OSError as e:
-                raise RestoreError(e.errno or errno.EIO, f"{where} on {self.doc['superblocks'][sid]['fstype']}: "
-                                                         f"{doing}: {e.strerror or e}") from None
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"{where}: making its superblock read-only: "
+                                                             f"{e.strerror or e}") from None
             finally:
                 os.close(fd)
             step("seal")
+
+    def set_attrs(self) -> None:
+        """Set the inode attributes (chattr i, a, d) of the files of writable superblocks once every
+        process holds its fds: a file held open for writing, or a directory restore still makes
+        names in (ghosts), is refused neither by an immutable or append-only attribute then, as the
+        kernel refused none when the dumped tree opened them before the attribute was set."""
+        later, self.attrs_later = self.attrs_later, []
+        try:
+            for sid, where, fd in later:
+                self._set_attrs(sid, fd, where)
+        finally:
+            for _, _, fd in later:
+                os.close(fd)
+
+    def _set_attrs(self, sid: str, fd: int, where: str) -> None:
+        try:
+            for arc in self.doc["superblocks"][sid].get("archives") or ():
+                if arc.get("attrs"):
+                    content.set_inode_flags(fd, [{**rec, "path": _joined(arc["root"], rec["path"])}
+                                                 for rec in arc["attrs"]])
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"{where}: setting its files' inode attributes (chattr): "
+                                                     f"{e.strerror or e}") from None
 
     def _settle(self, sid: str, fd: int) -> int:
         """A new superblock's mount as a clone source, given what its type recorded beyond files and
@@ -3108,6 +3131,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.seal()
     r.late_standins()
     r.place_processes()
+    r.set_attrs()
     r.foreground_jobs()
     r.take_locks()
     r.sched()

@@ -1,6 +1,6 @@
 """A tree of many mounts within the dump's RLIMIT_NOFILE (engine/prestop.py): the checks before the
-stop hold a window of probe fds at a time (`_check_probes`), dump raises its soft limit to the hard
-one where the tree's mounts need it (`_fd_room`), and refuses before the stop, with what to raise,
+stop hold a window of probe fds at a time (`_check_probes`), dump raises its soft limit to what the
+tree's mounts need where they need it (`_fd_room`), and refuses before the stop, with what to raise,
 where the hard limit is too low as well (it failed with EMFILE, or misjudged a proc mount whose
 files it could not open, before session 33)."""
 
