@@ -35,9 +35,7 @@ class BtrfsType(BlockType):
         try:
             if kernel.statx_mnt_id("", dfd=fd, flags=kernel.AT_EMPTY_PATH) != mount.mnt_id:
                 return super().device_of(mount)  # overmounted: the path leads elsewhere
-            buf = fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, bytes(1024))
-            b = bytes(buf[16:32]).hex()  # the fsid as uuid.UUID prints it (uuid costs every run an import)
-            return f"fsid:{b[:8]}-{b[8:12]}-{b[12:16]}-{b[16:20]}-{b[20:]}"
+            return "fsid:" + _fsid(fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, bytes(1024)))
         except OSError:
             return super().device_of(mount)
         finally:
@@ -77,15 +75,21 @@ class BtrfsType(BlockType):
         (count,) = struct.unpack_from("<Q", buf, 8)
         if count <= 1:
             return
-        b = bytes(buf[16:32]).hex()
         try:
-            devs = list(_devices("/sys/fs/btrfs", f"{b[:8]}-{b[8:12]}-{b[12:16]}-{b[16:20]}-{b[20:]}"))
+            devs = list(_devices("/sys/fs/btrfs", _fsid(buf)))
         except OSError:
             devs = []
         if set(devs) & plan.ext_devs:
             return
         raise one_device_only(sid, sb, plan, _spans(sorted(devs)) if devs else f"the filesystem spans {count} devices",
                               devs[0] if devs else None)
+
+
+def _fsid(info: bytes) -> str:
+    """The fsid of a BTRFS_IOC_FS_INFO answer as uuid.UUID prints it (uuid costs every run an
+    import), the name of its directory in /sys/fs/btrfs."""
+    b = bytes(info[16:32]).hex()
+    return f"{b[:8]}-{b[8:12]}-{b[12:16]}-{b[16:20]}-{b[20:]}"
 
 
 def _spans(fellows: list[str]) -> str:
