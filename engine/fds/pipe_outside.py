@@ -82,10 +82,13 @@ def fifo_prefinish(scratch: dict) -> None:
     for pid in (int(n) for n in os.listdir("/proc") if n.isdigit()):
         if pid in tree or pid == me or pid in forkrun.going_on:
             continue
-        for fd, st in kernel.fd_stats(pid):
+        for fd, flags in _fifo_fds(pid, {ino for _, ino in fifos}):
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue   # (closed meanwhile)
             held = fifos.get((st.st_dev, st.st_ino))
-            flags = _flags(pid, fd) if held is not None else None
-            if flags is None or flags & O_PATH:
+            if held is None or flags & O_PATH:
                 continue
             mine_pid, mine_fd, target = held
             side = {os.O_RDONLY: "a read", os.O_WRONLY: "a write"}.get(flags & os.O_ACCMODE, "a read-write")
@@ -95,6 +98,25 @@ def fifo_prefinish(scratch: dict) -> None:
                           "to the FIFO it opens and fills again (its reader would see end-of-file, its writer "
                           "EPIPE, or the data be read twice); dump that process with the tree (its parent as "
                           "the root), or once it closed the FIFO")
+
+
+def _fifo_fds(pid: int, inos: set[int]):
+    """(fd, open flags) of each fd of process `pid` that may be on a FIFO of inode number in `inos`
+    (fdinfo's ino: the others are passed over without a stat, which a file of a hung FUSE mount
+    would never answer); fds closed meanwhile are passed over."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return
+    for n in names:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{n}") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        ino = info.get("ino")
+        if "flags" in info and (ino is None or int(ino) in inos):
+            yield int(n), int(info["flags"].strip(), 8)
 
 
 def holders(targets: set[str], tree: set[int]):
