@@ -737,7 +737,9 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     and last the --external file[PATH] declarations no fd shows (once every fd was seen)."""
     from engine.fds import DumpFd
     scratch: dict = {"leave_running": leave_running, "pids": pids,
-                     "members": {pid: ps for ps in view.ns_pids.values() for pid in ps}}
+                     "members": {pid: ps for ps in view.ns_pids.values() for pid in ps},
+                     "host_mnts": {e["id"] for ns in view.mntns_doc.values() for e in ns["mounts"]
+                                   if view.superblocks[e["sb"]]["external"]}}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}
     used: set[str] = set()
     held: set[str] = set()     # paths of ext_files some fd shows

@@ -72,3 +72,63 @@ def _refused(case, pid: int, fd: str, side: str) -> None:
     assert re.search(rf"{fd}: the FIFO is held by process {os.getpid()} \(\S+\) outside the tree too "
                      rf"\({side} end\)", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_empty_host_fifo_read_outside_dumped_and_joined_again(case, tmp_path):
+    """An empty FIFO of the host's (an external mount: a host log collector reading a FIFO bound into
+    a container, systemd's ListenFIFO=) that a process outside the tree reads: restore opens that
+    very FIFO again by its path, which joins the pipe the outside reader still holds: nothing lost,
+    nothing read twice. Dumped and restored (refused at first in session 33)."""
+    store = tmp_path / "st"
+    store.mkdir()
+    os.mkfifo(store / "fifo")
+    r = os.open(store / "fifo", os.O_RDONLY | os.O_NONBLOCK)   # the host's reader, outside the tree
+    try:
+        pid = case.start("sh -c 'exec sleep 1000 >/run/st/fifo' </dev/null >/dev/null 2>&1 &\nhold\n",
+                         binds=((str(store), "/run/st"),), daemons=("sh", "sleep"))
+        images = case.new_images_dir()
+        case.dump(pid, images, ("--external", "mnt[/run/st]:st"))
+        assert os.read(r, 1) == b""   # (the dumped writer is gone: end-of-file)
+        restored = case.restore(images, ("--external", f"mnt[st]:{store}"))
+        assert restored
+        with pytest.raises(BlockingIOError):   # a writer again: the restored sleep's, on the same pipe
+            os.read(r, 1)
+    finally:
+        os.close(r)
+
+
+def test_fifo_the_tree_holds_o_path_read_outside_dumped(case):
+    """A FIFO the tree holds only an O_PATH fd on (containerd-shim's) and a process outside reads: the
+    tree holds no end of its pipe and restore opens none: dumped (refused at first in session 33)."""
+    holder = ("python3 -c 'import os, time; fd = os.open(\"/run/fifo\", os.O_PATH); "
+              "os.set_inheritable(fd, True); time.sleep(1000)' </dev/null >/dev/null 2>&1 &\n")
+    pid = case.start("mkfifo /run/fifo\n" + holder + "hold\n", daemons=("python3",))
+    r = os.open(f"/proc/{pid}/root/run/fifo", os.O_RDONLY | os.O_NONBLOCK)   # an end, outside the tree
+    try:
+        images = case.new_images_dir()
+        case.dump(pid, images)
+        restored = case.restore(images)
+        assert restored
+    finally:
+        os.close(r)
+
+
+def test_host_fifo_with_data_read_outside_refused_unstopped(case, tmp_path):
+    """The same host FIFO whose pipe holds data the tree's writer wrote and the outside reader has
+    not read: restore would put the data in again (read twice): refused before the stop."""
+    store = tmp_path / "st"
+    store.mkdir()
+    os.mkfifo(store / "fifo")
+    r = os.open(store / "fifo", os.O_RDONLY | os.O_NONBLOCK)   # the host's reader, outside the tree
+    try:
+        pid = case.start(STOP_WATCH + "sh -c 'echo queued; exec sleep 1000' >/run/st/fifo 2>/dev/null </dev/null &\n"
+                         "hold\n", binds=((str(store), "/run/st"),), daemons=("sh", "sleep"))
+        images = case.new_images_dir()
+        with pytest.raises(CRError) as e:
+            case.dump(pid, images, ("--external", "mnt[/run/st]:st"))
+        assert re.search(r"the FIFO is held by process \d+ \(.*\) outside the tree too \(a read end\): its pipe "
+                         r"holds data restore would put in again", str(e.value)), str(e.value)
+        assert not was_stopped(pid), "dump stopped the tree before it refused"
+        assert os.read(r, 64) == b"queued\n"
+    finally:
+        os.close(r)

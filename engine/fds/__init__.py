@@ -189,7 +189,7 @@ class FdKind:
     # The DumpFd has no flags, pos, mnt, objects, place or in_ns (0, empty); facts for `prefinish` go
     # into its scratch, shared by every fd of the tree (scratch["leave_running"]: the option;
     # scratch["pids"]: the tree's processes; scratch["members"]: pid -> the tree's processes in its mount
-    # namespace).
+    # namespace; scratch["host_mnts"]: ids of the mounts of --external superblocks).
     precheck: Callable[[DumpFd], None] | None = None
     # prefinish(scratch): once every fd of the tree was prechecked, refuse what takes several.
     prefinish: Callable[[dict], None] = lambda scratch: None

@@ -60,24 +60,44 @@ FIFO_SCRATCH = "fifo-outside"
 
 
 def fifo_precheck(d) -> None:
-    """Note FIFO fd `d` (a running process's) by its inode, for `fifo_prefinish`."""
+    """Note FIFO fd `d` (a running process's) by its inode, for `fifo_prefinish`: not an O_PATH fd
+    (no end of the pipe: restore opens none for it), with its mount and whether its pipe holds
+    data (FIONREAD on a copy of the fd: nothing read)."""
+    import fcntl, termios
+    from engine.fds import sys as fsys
     try:
         st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+        with open(f"/proc/{d.pid}/fdinfo/{d.fd}") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
         return   # (closed meanwhile)
-    d.scratch.setdefault(FIFO_SCRATCH, {}).setdefault((st.st_dev, st.st_ino), (d.pid, d.fd, d.target))
+    if int(info.get("flags", "0").strip(), 8) & O_PATH:
+        return
+    queued = None
+    try:
+        c = fsys.pidfd_getfd(d.pidfd, d.fd)
+        try:
+            queued = int.from_bytes(fcntl.ioctl(c, termios.FIONREAD, bytes(4)), "little")
+        finally:
+            os.close(c)
+    except OSError:
+        pass   # (unknown: taken as data)
+    mnt = int(info.get("mnt_id", "0").strip() or 0)
+    d.scratch.setdefault(FIFO_SCRATCH, {}).setdefault((st.st_dev, st.st_ino), (d.pid, d.fd, d.target, mnt, queued))
 
 
 def fifo_prefinish(scratch: dict) -> None:
-    """Refuse a FIFO the tree holds that a process outside it holds too (an end of it, not O_PATH):
-    restore opens the FIFO again and refills its pipe with the data dump read, where that process
-    would be no end (a FIFO restore makes again: the reader reads end-of-file, the writer gets
-    EPIPE) or holds the old pipe, its data still in (a FIFO of the host's: read twice)."""
+    """Refuse a FIFO the tree holds that a process outside it holds too (an end of it, not O_PATH),
+    where restore cannot join that process again: a FIFO restore makes again (its reader would read
+    end-of-file, its writer get EPIPE), or a host's FIFO (a mount of an --external superblock:
+    scratch "host_mnts", restore opens that very FIFO again and joins the pipe) whose pipe holds
+    data, which restore would put in again (read twice)."""
     from engine.fds import FdError
     fifos = scratch.pop(FIFO_SCRATCH, {})
     if not fifos:
         return
     tree = set(scratch.get("pids", ()))
+    host = scratch.get("host_mnts", set())
     me = os.getpid()
     for pid in (int(n) for n in os.listdir("/proc") if n.isdigit()):
         if pid in tree or pid == me or pid in forkrun.going_on:
@@ -90,14 +110,19 @@ def fifo_prefinish(scratch: dict) -> None:
             held = fifos.get((st.st_dev, st.st_ino))
             if held is None or flags & O_PATH:
                 continue
-            mine_pid, mine_fd, target = held
+            mine_pid, mine_fd, target, mnt, queued = held
+            if mnt in host and queued == 0:
+                continue   # (restore opens the host's FIFO again: that process's pipe, empty)
             side = {os.O_RDONLY: "a read", os.O_WRONLY: "a write"}.get(flags & os.O_ACCMODE, "a read-write")
+            why = ("its pipe holds data restore would put in again (read twice)" if mnt in host else
+                   "restore makes the FIFO again, which that process is no end of (its reader would see "
+                   "end-of-file, its writer EPIPE)")
             raise FdError(errno.EOPNOTSUPP,
                           f"process {mine_pid} fd {mine_fd} ({target}): the FIFO is held by process {pid} "
-                          f"({comm(pid)}) outside the tree too ({side} end), which restore cannot connect again "
-                          "to the FIFO it opens and fills again (its reader would see end-of-file, its writer "
-                          "EPIPE, or the data be read twice); dump that process with the tree (its parent as "
-                          "the root), or once it closed the FIFO")
+                          f"({comm(pid)}) outside the tree too ({side} end): {why}; dump that process with the "
+                          "tree (its parent as the root), or once it closed the FIFO"
+                          + ("" if mnt in host else ", or put the FIFO on a host directory declared --external "
+                             "mnt[...] and dump it empty"))
 
 
 def _fifo_fds(pid: int, inos: set[int]):
