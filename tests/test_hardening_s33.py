@@ -39,6 +39,24 @@ def _subids() -> str:
     return f"{_nobody().pw_uid}:100000:65536\n"   # (the namespace's ranges are nobody's here)
 
 
+
+def _held_after_restore(img: str, etc, tmp_path) -> str:
+    """Restore `img` with `etc` as its external /etc (nobody's subids): what the child's fd 5 names."""
+    pidfile = str(tmp_path / "ok.pid")
+    r = enginecase.mntcr("restore", "-D", img, "--external", "mnt[usr]:/usr", "--external", f"mnt[etc]:{etc}",
+                         "--pidfile", pidfile, timeout=120, subids=_subids())
+    assert r.returncode == 0, r.stderr
+    from zdtm.snapshot import kill_tree
+    with open(pidfile) as f:
+        root = int(f.read())
+    try:
+        with open(f"/proc/{root}/task/{root}/children") as f:
+            kid = int(f.read().split()[0])
+        return os.readlink(f"/proc/{kid}/fd/5")
+    finally:
+        kill_tree(root)
+
+
 @pytest.mark.parametrize("path, flags", [("/shadow", os.O_RDONLY), ("/passwd", os.O_WRONLY)])
 def test_rootless_process_gets_no_host_file_its_ids_cannot_open(image, tmp_path, path, flags):
     """Restore opened every fd as root: an image of a rootless tree (a user namespace nobody made)
@@ -73,19 +91,7 @@ def test_rootless_root_keeps_a_host_file_of_ids_its_namespace_maps(image, tmp_pa
     os.chown(etc / "secret", 100033, 100033)
     os.chmod(etc / "secret", 0o600)
     img = _mutated(image, tmp_path, _rootless_fd("/secret"))
-    pidfile = str(tmp_path / "ok.pid")
-    r = enginecase.mntcr("restore", "-D", img, "--external", "mnt[usr]:/usr", "--external", f"mnt[etc]:{etc}",
-                         "--pidfile", pidfile, timeout=120, subids=_subids())
-    assert r.returncode == 0, r.stderr
-    from zdtm.snapshot import kill_tree
-    with open(pidfile) as f:
-        root = int(f.read())
-    try:
-        with open(f"/proc/{root}/task/{root}/children") as f:
-            kid = int(f.read().split()[0])
-        assert os.readlink(f"/proc/{kid}/fd/5") == "/etc/secret"
-    finally:
-        kill_tree(root)
+    assert _held_after_restore(img, etc, tmp_path) == "/etc/secret"
 
 
 # --- a resource limit whose soft value is above its hard one -------------------------------------
@@ -123,19 +129,7 @@ def test_rootless_process_keeps_a_host_file_its_user_opened_before_dropping_ids(
     os.chmod(etc / "log", 0o600)
     os.chmod(tmp_path, 0o755)
     img = _mutated(image, tmp_path, _rootless_fd("/log"))
-    pidfile = str(tmp_path / "ok.pid")
-    r = enginecase.mntcr("restore", "-D", img, "--external", "mnt[usr]:/usr", "--external", f"mnt[etc]:{etc}",
-                         "--pidfile", pidfile, timeout=120, subids=_subids())
-    assert r.returncode == 0, r.stderr
-    from zdtm.snapshot import kill_tree
-    with open(pidfile) as f:
-        root = int(f.read())
-    try:
-        with open(f"/proc/{root}/task/{root}/children") as f:
-            kid = int(f.read().split()[0])
-        assert os.readlink(f"/proc/{kid}/fd/5") == "/etc/log"
-    finally:
-        kill_tree(root)
+    assert _held_after_restore(img, etc, tmp_path) == "/etc/log"
 
 
 def _reach(tmp_path, owner: int):
