@@ -28,6 +28,7 @@ from hypothesis import strategies as st  # noqa: E402
 from enginecase import copy_image, load_manifest, save_manifest, tree_hash  # noqa: E402
 from zdtm import leakguard, snapshot  # noqa: E402
 from zdtm.flavors.ns import NsFlavor  # noqa: E402
+from zdtm.imagefuzz import nodes as _nodes  # noqa: E402  (every place a mutation may hit)
 from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,17 +134,6 @@ HOSTILE = st.one_of(
                      "overlay", "shared", "mnt-0", "pid-0", [], {}, [[]], {"x": 1}]),
     st.integers(), st.text(max_size=20),
 )
-
-
-def _nodes(doc, path=()):
-    """Every (path, value) in the document: each is a place a mutation may hit."""
-    yield path, doc
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            yield from _nodes(v, path + (k,))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            yield from _nodes(v, path + (i,))
 
 
 def _mutate(doc, choice: int, action: str, value):

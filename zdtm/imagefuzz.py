@@ -61,15 +61,15 @@ def hostile_paths(canary: str) -> list[str]:
             "/" + "\u00e9\udcff", "/run/../../" + canary.lstrip("/")]
 
 
-def _nodes(doc, path=()):
-    """Every (path, value) in the document."""
+def nodes(doc, path=()):
+    """Every (path, value) in the document: each is a place a mutation may hit."""
     yield path, doc
     if isinstance(doc, dict):
         for k, v in doc.items():
-            yield from _nodes(v, path + (k,))
+            yield from nodes(v, path + (k,))
     elif isinstance(doc, list):
         for i, v in enumerate(doc):
-            yield from _nodes(v, path + (i,))
+            yield from nodes(v, path + (i,))
 
 
 def _at(doc, path):
@@ -82,7 +82,7 @@ def _ids(doc) -> dict[str, list]:
     """Values that are references somewhere: the string ids (sb-N, mnt-N...) and the mount ids,
     grouped by kind, to swap one for another."""
     out: dict[str, list] = {}
-    for path, v in _nodes(doc):
+    for path, v in nodes(doc):
         if isinstance(v, str) and "-" in v and v.split("-", 1)[1].isdigit() and len(v) < 16:
             out.setdefault(v.split("-", 1)[0], []).append(v)
         elif path and path[-1] in ("id", "parent", "shared", "master", "propagate_from", "mnt", "pid", "ppid",
@@ -119,7 +119,7 @@ def _replacement(rnd: random.Random, v, ids: dict, canary: str):
 def mutate_field(doc: dict, rnd: random.Random, canary: str) -> str:
     """Set one field anywhere to a hostile value of its kind; returns what it did."""
     ids = _ids(doc)
-    places = [p for p, _ in _nodes(doc) if p and p[0] not in ("format",)]
+    places = [p for p, _ in nodes(doc) if p and p[0] not in ("format",)]
     path = rnd.choice(places)
     parent = _at(doc, path[:-1])
     old = parent[path[-1]]
@@ -130,22 +130,22 @@ def mutate_field(doc: dict, rnd: random.Random, canary: str) -> str:
 
 def delete_field(doc: dict, rnd: random.Random, canary: str) -> str:
     """Delete one field or list item."""
-    path = rnd.choice([p for p, _ in _nodes(doc) if len(p) > 1])
+    path = rnd.choice([p for p, _ in nodes(doc) if len(p) > 1])
     del _at(doc, path[:-1])[path[-1]]
     return f"delete {_short(path)}"
 
 
 def unknown_field(doc: dict, rnd: random.Random, canary: str) -> str:
     """Add an unknown field to a record."""
-    path = rnd.choice([p for p, v in _nodes(doc) if isinstance(v, dict)])
+    path = rnd.choice([p for p, v in nodes(doc) if isinstance(v, dict)])
     _at(doc, path)[rnd.choice(["zz", "x-future", "__proto__", ""])] = rnd.choice([1, None, "x", {}])
     return f"unknown field in {_short(path)}"
 
 
 def duplicate_item(doc: dict, rnd: random.Random, canary: str) -> str:
     """Duplicate a list item (duplicate ids, fds, mounts, processes) or a dict entry under a new key."""
-    lists = [p for p, v in _nodes(doc) if isinstance(v, list) and v and isinstance(v[0], (dict, list))]
-    dicts = [p for p, v in _nodes(doc) if isinstance(v, dict) and v and len(p) == 1]
+    lists = [p for p, v in nodes(doc) if isinstance(v, list) and v and isinstance(v[0], (dict, list))]
+    dicts = [p for p, v in nodes(doc) if isinstance(v, dict) and v and len(p) == 1]
     if lists and (not dicts or rnd.random() < 0.7):
         path = rnd.choice(lists)
         items = _at(doc, path)
@@ -228,7 +228,7 @@ def swap_ref(doc: dict, rnd: random.Random, canary: str) -> str:
     fd's mount, a superblock, a namespace), or a mount id made another mount's: cross-record
     checks, not form, must catch what follows."""
     ids = _ids(doc)
-    places = [(p, v) for p, v in _nodes(doc) if p and (
+    places = [(p, v) for p, v in nodes(doc) if p and (
         (isinstance(v, str) and "-" in v and v.split("-", 1)[1].isdigit() and len(ids.get(v.split("-", 1)[0], ())) > 1)
         or (type(v) is int and p[-1] in ("parent", "mnt", "master", "shared", "propagate_from", "id", "ppid",
                                           "pid", "sid", "pgid")))]
@@ -245,7 +245,7 @@ def swap_ref(doc: dict, rnd: random.Random, canary: str) -> str:
 def inform_path(doc: dict, rnd: random.Random, canary: str) -> str:
     """A path field set to a normalised absolute path the form check takes, aimed at the host's
     files or the canary (beneath the mount it names: restore must resolve it there or refuse)."""
-    places = [p for p, v in _nodes(doc) if p and isinstance(v, str) and v.startswith("/") and p[-1] != "source"]
+    places = [p for p, v in nodes(doc) if p and isinstance(v, str) and v.startswith("/") and p[-1] != "source"]
     if not places:
         return "no path"
     path = rnd.choice(places)
