@@ -64,25 +64,18 @@ def fifo_precheck(d) -> None:
     (no end of the pipe: restore opens none for it), with its mount and whether its pipe holds
     data (FIONREAD on a copy of the fd: nothing read)."""
     import fcntl, termios
-    from engine.fds import sys as fsys
     try:
         st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
-        with open(f"/proc/{d.pid}/fdinfo/{d.fd}") as f:
-            info = dict(line.split(":", 1) for line in f if ":" in line)
+        info = d.info()
     except OSError:
         return   # (closed meanwhile)
-    if int(info.get("flags", "0").strip(), 8) & O_PATH:
+    if int((info.get("flags") or ["0"])[0], 8) & O_PATH:
         return
-    queued = None
-    try:
-        c = fsys.pidfd_getfd(d.pidfd, d.fd)
-        try:
-            queued = int.from_bytes(fcntl.ioctl(c, termios.FIONREAD, bytes(4)), "little")
-        finally:
-            os.close(c)
+    try:   # (d.copy(): closed with d, by the pre-stop loop)
+        queued = int.from_bytes(fcntl.ioctl(d.copy(), termios.FIONREAD, bytes(4)), "little")
     except OSError:
-        pass   # (unknown: taken as data)
-    mnt = int(info.get("mnt_id", "0").strip() or 0)
+        queued = None   # (unknown: taken as data)
+    mnt = int((info.get("mnt_id") or ["0"])[0] or 0)
     d.scratch.setdefault(FIFO_SCRATCH, {}).setdefault((st.st_dev, st.st_ino), (d.pid, d.fd, d.target, mnt, queued))
 
 
