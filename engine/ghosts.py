@@ -36,6 +36,7 @@ import os
 import stat
 
 from engine import content, kernel
+from engine.image import rel_to
 
 DELETED_ROOT = "//deleted"     # mountinfo's root of an unlinked dentry (dentry_path)
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
@@ -50,6 +51,14 @@ def split_root(root: str) -> tuple[str, bool]:
     if root.endswith(DELETED_ROOT) and len(root) > len(DELETED_ROOT):
         return root[: -len(DELETED_ROOT)], True
     return root, False
+
+
+def sb_path(m_root: str, mountpoint: str, path: str) -> str:
+    """The path in its superblock of `path` (of the namespace) beneath a mount at `mountpoint` whose
+    root is `m_root` (mountinfo's, maybe with its `//deleted` suffix)."""
+    m_root = split_root(m_root)[0]
+    rel = rel_to(path, mountpoint)
+    return m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
 
 
 # --- dump -------------------------------------------------------------------------------------

@@ -366,9 +366,9 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     if nlink and not linked:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
                                           "no mount of the tree whose files are dumped reaches")
-    m_root = ghosts.split_root(m.root)[0]
-    rel = rel_to(path, m.mountpoint)
-    sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
+    sb_path = ghosts.sb_path(m.root, m.mountpoint, path)
+    if stat.S_ISDIR(st.st_mode):
+        hook(fs.lookup(sb["fstype"]).deleted_dir, where, sb, pid, link, sb_path)   # (also asked before the stop)
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
             links = g.setdefault("links", [])

@@ -911,7 +911,7 @@ def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, mnt: int
         return
     if kind == "file" and deadpid.gone_pid_dir(target, view.mounts_by_id.get(mnt)):
         return   # (the fd kind reopens it: /proc/N of a process gone)
-    _deleted_on(f"process {pid} fd {n} ({target})", target, mnt, mode, view)
+    _deleted_on(f"process {pid} fd {n} ({target})", target, mnt, mode, view, (pid, f"fd/{n}"))
 
 
 def _check_deleted_dirs(pid: int, view: View) -> None:
@@ -929,7 +929,7 @@ def _check_deleted_dirs(pid: int, view: View) -> None:
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
         if deadpid.gone_pid_dir(target, view.mounts_by_id.get(mnt)):
             continue   # (/proc/N of a process gone: restore enters it again, engine/deadpid.py)
-        _deleted_on(f"process {pid} {key} ({target})", target, mnt, mode, view)
+        _deleted_on(f"process {pid} {key} ({target})", target, mnt, mode, view, (pid, key))
 
 
 def _check_deleted_maps(pid: int, view: View) -> None:
@@ -976,10 +976,11 @@ def _check_exe(pid: int, view: View) -> None:
         mountrules.executable(f"process {pid} executable ({target})", st.st_mode, noexec)
 
 
-def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> None:
+def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View, held: tuple[int, str]) -> None:
     """engine/mountrules.py `deleted_file` for `target` (a path ending in " (deleted)") on mount `mnt`,
     unless it is the deleted root of that mount itself (which the mount carries) or the mount's
-    superblock waits for the stopped tree."""
+    superblock waits for the stopped tree; for a directory, its type's `deleted_dir` too (`held`: the
+    process and its /proc link, "cwd" or "fd/N")."""
     m = view.mounts_by_id.get(mnt)
     if m is not None and kernel.undeleted(target)[0] == m.mountpoint and ghosts.split_root(m.root)[1]:
         return
@@ -987,3 +988,7 @@ def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> Non
     if sid in view.unsure:
         return
     mountrules.deleted_file(where, None if sid is None else view.superblocks[sid], mode)
+    if m is not None and stat.S_ISDIR(mode):
+        sb = view.superblocks[sid]
+        fs.lookup(sb["fstype"]).deleted_dir(where, sb, *held, ghosts.sb_path(m.root, m.mountpoint,
+                                                                              kernel.undeleted(target)[0]))

@@ -770,6 +770,18 @@ def _clear_volatile_mark(sb: dict, ctx) -> None:
         os.close(fd)
 
 
+def _made_in_userns(pid: int) -> bool:
+    """Whether the mount namespace of `pid` belongs to a user namespace other than the initial one
+    (so do the overlays made in it, which a process of that namespace mounted: trusted xattrs are
+    refused to them)."""
+    from engine import userns   # (dump only, and only for a removed directory)
+    fd = userns.ns_owner_fd(f"/proc/{pid}/ns/mnt")
+    try:
+        return os.fstat(fd).st_ino != kernel.PROC_USER_INIT_INO
+    finally:
+        os.close(fd)
+
+
 @record(frozen=True)
 class OverlayType(FsType):
     """overlayfs: layers recorded as (mount, path) at dump, a yard of layer clones at restore."""
@@ -813,6 +825,36 @@ class OverlayType(FsType):
                 and self.made_outside(sid, sb, plan):
             return
         _check_remountable(sb, _layers(sid, sb, plan), plan, _where(sid, plan))
+
+    def deleted_dir(self, where: str, sb: dict, pid: int, link: str, sb_path: str) -> None:
+        """A directory removed while in use is made again through the overlay (engine/ghosts.py): a
+        mkdir over the whiteout its removal left, when it was a lower layer's, which the overlay must
+        mark opaque. An overlay a user namespace made without userxattr sets no such xattr (trusted.*
+        needs the initial namespace's CAP_SYS_ADMIN): restore would fail (EIO). Refused when the upper
+        layer, seen at its option's path from the process's root, has a whiteout at that name, or cannot
+        be looked at."""
+        if "userxattr" in sb["super_opts"] or not _made_in_userns(pid):
+            return
+        upper = [p for key, p in layer_paths(sb["super_opts"]) if key == "upperdir"]
+        if not upper:
+            return   # (a read-only overlay: nothing of it was removed)
+        root = f"/proc/{pid}/root"
+        try:
+            if not stat.S_ISDIR(os.stat(f"{root}/{upper[0].lstrip('/')}").st_mode):
+                raise FileNotFoundError
+            st = os.lstat(f"{root}/{upper[0].lstrip('/')}/{sb_path.lstrip('/')}")
+            whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        except FileNotFoundError:
+            whiteout = None if not os.path.isdir(f"{root}/{upper[0].lstrip('/')}") else False
+        except OSError:
+            whiteout = None
+        if whiteout is not False:
+            what = ("a directory of a lower layer (a whiteout has its name in the upper layer)" if whiteout
+                    else f"its upper layer {upper[0]} cannot be looked at from the process's root")
+            raise FsError(errno.EOPNOTSUPP, f"{where}: removed while in use on an overlay a user namespace "
+                                            f"mounted without userxattr, {what}: restore cannot make it again "
+                                            "there (no opaque xattr); mount the overlay with userxattr, or leave "
+                                            "the directory before dumping")
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Record the layers as (mount, path) as they were at the overlay's creation."""

@@ -1,0 +1,118 @@
+"""A lower layer's directory removed (rmdir through the overlay) while it is a process's cwd or an
+open directory: the overlay leaves a whiteout at its name in the upper layer, and restore makes the
+directory again by a mkdir over that whiteout, which the overlay must mark opaque with an xattr. An
+overlay a user namespace mounted without userxattr sets none (trusted.* is refused to it): the
+mkdir fails (EIO). Dump succeeded and restore failed ("recreating its deleted file /data/lgone:
+Input/output error") until session 34; dump now refuses it before it stops the tree. The cases
+around it (userxattr, a lower file held open, an overlay of the initial user namespace) restore."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from enginecase import (STOP_WATCH, assert_same, case, mntcr, py_hold, take, userns_setup,  # noqa: F401  (fixture)
+                        was_stopped)
+
+
+def _skip_without_overlay() -> None:
+    with open("/proc/filesystems") as f:
+        if "\toverlay\n" not in f.read():
+            pytest.skip("the kernel has no overlayfs (not in /proc/filesystems)")
+
+
+# An overlay of a tmpfs of the process's own whose lower layer has data/lgone (mode 751) and
+# data/lfile; `HOLD` then removes one of them through the overlay while holding it.
+OVERLAY = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.mount(b"own", b"/mnt", b"tmpfs", 0, None) == 0
+for d in ("lower/data/lgone", "upper", "work", "merged"):
+    os.makedirs("/mnt/" + d)
+os.chmod("/mnt/lower/data/lgone", 0o751)
+with open("/mnt/lower/data/lfile", "w") as f:
+    f.write("lower content")
+opts = b"lowerdir=/mnt/lower,upperdir=/mnt/upper,workdir=/mnt/work{opts}"
+assert libc.mount(b"ovl", b"/mnt/merged", b"overlay", 0, opts) == 0, os.strerror(ctypes.get_errno())
+"""
+HOLD = {
+    "cwd": 'os.chdir("/mnt/merged/data/lgone")\nos.rmdir("/mnt/merged/data/lgone")\n',
+    "dirfd": 'd = os.open("/mnt/merged/data/lgone", os.O_RDONLY | os.O_DIRECTORY)\nos.rmdir("/mnt/merged/data/lgone")\n'
+             'open("/tmp/removed", "w").close()\n',
+    "file": 'f = open("/mnt/merged/data/lfile")\nos.unlink("/mnt/merged/data/lfile")\n',
+}
+
+
+def _setup(what: str, userns: bool, opts: str = "") -> str:
+    body = OVERLAY.replace("{opts}", opts) + HOLD[what] + 'open("/tmp/removed", "w").close()\n'
+    if userns:
+        return userns_setup(0x00020000, body, ready="/tmp/removed")   # CLONE_NEWNS
+    return "(" + py_hold("import ctypes\nassert ctypes.CDLL(None).unshare(0x00020000) == 0\n" + body).strip() \
+        + ") </dev/null >/dev/null 2>&1 &\nwait_for /tmp/removed\nhold\n"
+
+
+@pytest.mark.parametrize("what", ["cwd", "dirfd"])
+def test_lower_directory_removed_refused_before_the_stop(case, what):
+    """A user namespace's overlay without userxattr: refused, naming the process, the directory and
+    what to do, before the tree is stopped; the tree keeps running."""
+    _skip_without_overlay()
+    pid = case.start(STOP_WATCH + _setup(what, userns=True))
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, "--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
+    assert r.returncode == 2, r.stderr
+    link = "cwd" if what == "cwd" else r"fd \d+"
+    assert re.fullmatch(rf"mntcr dump: process \d+ {link} \(/mnt/merged/data/lgone \(deleted\)\): removed while in "
+                        r"use on an overlay a user namespace mounted without userxattr, a directory of a lower layer "
+                        r"\(a whiteout has its name in the upper layer\): restore cannot make it again there \(no "
+                        r"opaque xattr\); mount the overlay with userxattr, or leave the directory before dumping\n",
+                        r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    # and the tree still runs, holding the removed directory
+    held = [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/root/tmp/removed")
+            and _holds_removed(int(p))]
+    assert held, "no process of the tree holds the removed directory any more"
+
+
+def _holds_removed(pid: int) -> bool:
+    try:
+        links = [os.readlink(f"/proc/{pid}/cwd")] + [os.readlink(f"/proc/{pid}/fd/{n}")
+                                                    for n in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    return "/mnt/merged/data/lgone (deleted)" in links
+
+
+@pytest.mark.parametrize("what,userns,opts", [
+    ("cwd", True, ",userxattr"),      # user.overlay.opaque can be set: the mkdir over the whiteout works
+    ("file", True, ""),               # a file over a whiteout needs no opaque xattr
+    ("file", True, ",userxattr"),
+    ("cwd", False, ""),               # the initial user namespace's overlay sets trusted.overlay.opaque
+    ("dirfd", False, ""),
+    ("file", False, ""),
+])
+def test_lower_object_removed_restores(case, what, userns, opts):
+    """The other lower-layer objects removed while held: dump and restore give the same tree, the
+    removed object held again (its deleted path, mode and content)."""
+    _skip_without_overlay()
+    pid = case.start(_setup(what, userns, opts))
+    before = take(pid)
+    after = take(case.cr(pid))
+    assert_same(before, after)
+    needle = "/mnt/merged/data/" + ("lfile" if what == "file" else "lgone") + " (deleted)"
+    for p in after.snap.procs:
+        links = {p.cwd.split(" mnt=")[0]} | {f.split(" flags=")[0].split(": ", 1)[1] for f in p.fds}
+        if needle in links:
+            path = f"/proc/{p.pid}/cwd" if what == "cwd" else next(
+                f"/proc/{p.pid}/fd/{n}" for n in os.listdir(f"/proc/{p.pid}/fd")
+                if os.readlink(f"/proc/{p.pid}/fd/{n}") == needle)
+            if what == "file":
+                with open(path) as f:
+                    assert f.read() == "lower content"
+            else:
+                assert oct(os.stat(path).st_mode & 0o7777) == "0o751"
+            break
+    else:
+        raise AssertionError(f"no process of the restored tree holds {needle}")
