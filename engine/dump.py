@@ -36,7 +36,6 @@ from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.freeze import process_tree
-from engine.image import is_beneath
 
 NS_GET_PARENT = 0xB702
 _EXT_MNT = rx.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
@@ -772,43 +771,26 @@ def _plan_superblocks(d: _Dump) -> None:
 
 def _plan_clones(d: _Dump) -> None:
     """Which mounts to clone: one per disjoint root of each content superblock, one of each type
-    probes, one per deleted root (a ghost) to archive."""
+    probes, one per deleted root (a ghost) to archive (prestop.clones_of)."""
     mounts_of_sb: dict[str, list[dict]] = {}
-    parents: set[int] = set()
     for e in d.all_mounts():
         mounts_of_sb.setdefault(e["sb"], []).append(e)
-        parents.add(e.get("parent"))
+    parents = {e.get("parent") for e in d.all_mounts()}
     for sid, es in mounts_of_sb.items():
         sb = d.superblocks[sid]
-        if sb["external"]:
-            continue
-        handler = fs.lookup(sb["fstype"])
-        for e in es:
-            if e.get("ghost"):
-                if not handler.content:
+        for why, e in prestop.clones_of(sb, es, parents):
+            if why == "ghost":
+                if not fs.lookup(sb["fstype"]).content:
                     raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its "
                                                       f"root {e['root']} was deleted; only a {fs.content_names()} "
                                                       "can hold it again")
                 # Each one looked at: two files unlinked under one name are two ghosts (bwrap's
                 # --bind-data temporary files when mkstemp repeats a name), one file bound twice one.
                 d.ghost_for[e["id"]] = (sid, e["root"])
-                d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
-        if handler.content:
-            chosen: list[str] = []
-            # Of mounts with one root, one with nothing mounted on it first: in a namespace a user
-            # namespace owns, a clone keeps the locked mounts on it, whose files tar would take
-            # for the superblock's where they share its device (a bind of it), and whose mount
-            # points it would leave out (a cover of another type, and the files beneath it).
-            for e in sorted(es, key=lambda e: (len(e["root"]), e["root"], e["id"] in parents)):
-                if not e["root"].startswith("/") or e.get("ghost"):
-                    continue
-                if not any(is_beneath(e["root"], r) for r in chosen):
-                    chosen.append(e["root"])
-                    d.archive_for[e["id"]] = (sid, e["root"])
-                    d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
-        elif handler.wants_probe():
-            e = es[0]
-            d.probe_for[e["id"]] = sid
+            elif why == "archive":
+                d.archive_for[e["id"]] = (sid, e["root"])
+            else:
+                d.probe_for[e["id"]] = sid
             d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
 
 

@@ -70,6 +70,7 @@ from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown,
                     mountinfo, mountrules, loginuid, netdevs, nsinspect, posixtimers, schedattrs, seccomp, subreaper, sysvipc, threads, timens,
                     userns_cr, zombies)
 from engine.dumperror import DumpError
+from engine.image import is_beneath
 from engine.fds import FdError
 
 
@@ -263,22 +264,56 @@ FD_MARGIN = 64
 
 
 def _fd_room(view: View) -> None:
-    """Dump may hold an fd on a clone of each mount at once once the tree is stopped (archives,
-    probes: engine/nscopy.py stream): raise our soft RLIMIT_NOFILE to what they need where the tree
-    has more mounts than the soft one allows (as a shell's `ulimit -n` of 1024 under a hard 524288),
+    """Dump may hold an fd on each clone it makes once the tree is stopped (archives, ghosts, probes:
+    `clones_of`, engine/nscopy.py stream): raise our soft RLIMIT_NOFILE to what they need where the
+    tree has more than the soft one allows (as a shell's `ulimit -n` of 1024 under a hard 524288),
     and refuse, before the stop, where the hard one does not allow them either. (Not to the hard one:
-    tar and the other programs dump runs inherit it.)"""
+    tar and the other programs dump runs inherit it.) Mounts dump clones none of (binds within one
+    archived root, external ones, types neither archived nor probed) are not counted."""
     import resource
-    mounts = sum(len(ns["mounts"]) for ns in view.mntns_doc.values())
-    need = mounts + FD_MARGIN
+    mounts_of_sb: dict[str, list[dict]] = {}
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            mounts_of_sb.setdefault(e["sb"], []).append(e)
+    parents = {e.get("parent") for es in mounts_of_sb.values() for e in es}
+    clones = sum(len(clones_of({**view.superblocks[sid], "external": view.superblocks[sid]["external"]
+                                and sid not in view.unsure}, es, parents))
+                 for sid, es in mounts_of_sb.items())
+    need = clones + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
     if hard != resource.RLIM_INFINITY and hard < need:
-        raise PrestopError(errno.EMFILE, f"the tree has {mounts} mounts and dump may hold an fd on each, beyond its "
-                                         f"RLIMIT_NOFILE of {hard} (hard): raise it to {need} at least (ulimit -Hn "
+        raise PrestopError(errno.EMFILE, f"dump clones {clones} mounts of the tree and may hold an fd on each, beyond "
+                                         f"its RLIMIT_NOFILE of {hard} (hard): raise it to {need} at least (ulimit -Hn "
                                          f"{need}, prlimit --nofile={need}) and dump again")
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def clones_of(sb: dict, entries: list[dict], parents: set) -> list[tuple[str, dict]]:
+    """The mounts (of `entries`, the mount entries of superblock `sb`) dump clones once the tree is
+    stopped, each with why: "ghost" (a deleted root, archived alone), "archive" (one per disjoint root
+    of a content type), "probe" (one mount of a type that probes); none of an external superblock.
+    `parents`: the ids of the mounts that have mounts on them."""
+    if sb["external"]:
+        return []
+    handler = fs.lookup(sb["fstype"])
+    out = [("ghost", e) for e in entries if e.get("ghost")]
+    if handler is not None and handler.content:
+        chosen: list[str] = []
+        # Of mounts with one root, one with nothing mounted on it first: in a namespace a user
+        # namespace owns, a clone keeps the locked mounts on it, whose files tar would take
+        # for the superblock's where they share its device (a bind of it), and whose mount
+        # points it would leave out (a cover of another type, and the files beneath it).
+        for e in sorted(entries, key=lambda e: (len(e["root"]), e["root"], e["id"] in parents)):
+            if not e["root"].startswith("/") or e.get("ghost"):
+                continue
+            if not any(is_beneath(e["root"], r) for r in chosen):
+                chosen.append(e["root"])
+                out.append(("archive", e))
+    elif handler is not None and handler.wants_probe():
+        out.append(("probe", entries[0]))
+    return out
 
 
 # How long a vfork parent may wait for one child's exec before the dump refuses it: a shell's child

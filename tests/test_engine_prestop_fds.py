@@ -2,7 +2,8 @@
 stop hold a window of probe fds at a time (`_check_probes`), dump raises its soft limit to what the
 tree's mounts need where they need it (`_fd_room`), and refuses before the stop, with what to raise,
 where the hard limit is too low as well (it failed with EMFILE, or misjudged a proc mount whose
-files it could not open, before session 33)."""
+files it could not open, before session 33). Only the mounts dump clones count: a tree of many binds
+within one archived root dumps under a limit below its mount count (refused before session 34)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,25 @@ def test_many_mounts_beyond_the_hard_fd_limit_refused_unstopped(case):
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *EXTERNALS, wrap=("prlimit", "--nofile=200"), timeout=300)
     assert r.returncode == 2, r.stderr
-    assert re.fullmatch(r"mntcr dump: the tree has \d+ mounts and dump may hold an fd on each, beyond its "
+    assert re.fullmatch(r"mntcr dump: dump clones \d+ mounts of the tree and may hold an fd on each, beyond its "
                         r"RLIMIT_NOFILE of 200 \(hard\): raise it to \d+ at least .*\n", r.stderr), r.stderr
     assert not os.path.exists(images)
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_many_binds_of_one_tmpfs_dumped_under_a_hard_fd_limit_below_their_count(case):
+    """MOUNTS binds of directories of one tmpfs (one archived root: dump clones it once) dumped under
+    a hard RLIMIT_NOFILE of 200: dumped and restored, every bind shown again (before session 34
+    refused, the limit counted every mount of the tree)."""
+    pid = case.start(STOP_WATCH + "mkdir /run/t; mount -t tmpfs t /run/t\n"
+                     f"i=0; while [ $i -lt {MOUNTS} ]; do mkdir -p /run/t/d$i /run/b/$i; echo $i > /run/t/d$i/f; "
+                     "mount --bind /run/t/d$i /run/b/$i; i=$((i+1)); done\nhold\n", timeout=180)
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *EXTERNALS, wrap=("prlimit", "--nofile=200"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    new = case.restore(images)
+    with open(f"/proc/{new}/mountinfo") as f:
+        shown = [line.split()[4] for line in f if line.split()[4].startswith("/run/b/")]
+    assert len(shown) == MOUNTS, len(shown)
+    with open(f"/proc/{new}/root/run/b/{MOUNTS - 1}/f") as f:
+        assert f.read() == f"{MOUNTS - 1}\n"
