@@ -220,7 +220,7 @@ def _archive_child(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan:
         if code not in (0, 1):  # 1: "file changed as we read it", the tree is stopped
             raise OSError(f"archiving files failed: {_last_line(_text(err), 'tar failed')}")
         left_out = _sockets_left_out(staging, _text(err))
-        flagged = inode_flags(staging, [name for _, name in mounts])
+        flagged = inode_flags(staging, [name for _, name in mounts], covered)
     finally:
         _let_go(staging)
     chan.send(("ok", (left_out, flagged)))
@@ -267,29 +267,38 @@ FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 
 
-def inode_flags(staging: int, names: list[str]) -> list[tuple[str, dict]]:
+def inode_flags(staging: int, names: list[str], covered: list[str] = ()) -> list[tuple[str, dict]]:
     """[(member, {"path" beneath the member, "flags"})] of each directory and regular file of the
-    members `names` (MEMBER or MEMBER/ONLY) of `staging` with an attribute of INODE_FLAGS; a member
-    whose filesystem shows none (statx's attributes mask: ramfs) is not walked, nor another
-    filesystem mounted beneath one (tar's --one-file-system)."""
-    out: list[tuple[str, dict]] = []
+    members `names` (MEMBER or MEMBER/ONLY) of `staging` with an attribute of INODE_FLAGS, and of the
+    views of their covered directories `covered` (MEMBER/PATH, attached beneath _COVERED: a locked
+    mount in a member hides the directory it sits on, _covered_dirs); a member whose filesystem shows
+    none (statx's attributes mask: ramfs) is not walked, nor another filesystem mounted beneath one
+    (tar's --one-file-system)."""
+    tops = []
     for name in sorted(names):
         member, _, only = name.partition("/")
-        top = f"/proc/self/fd/{staging}/{name}"
+        tops.append((member, f"/proc/self/fd/{staging}/{name}", "/" + only if only else "/"))
+    for name in covered:
+        member, _, rel = name.partition("/")
+        tops.append((member, f"/proc/self/fd/{staging}/{_COVERED}/{name}", "/" + rel.strip("/")))
+    out: list[tuple[str, dict]] = []
+    seen: set[tuple[str, str]] = set()   # (a covered directory's view is walked once)
+    for member, top, first in tops:
         try:
             attrs, mask, mode, dev = kernel.statx_attributes(top, flags=kernel.AT_SYMLINK_NOFOLLOW)
         except OSError:
             continue
         if not mask & INODE_FLAGS:
             continue
-        todo = [("/" + only if only else "/", attrs, mode)]
+        todo = [(first, attrs, mode)]
         while todo:
             rel, attrs, mode = todo.pop()
-            if attrs & INODE_FLAGS:
+            if attrs & INODE_FLAGS and (member, rel) not in seen:
+                seen.add((member, rel))
                 out.append((member, {"path": rel, "flags": attrs & INODE_FLAGS}))
             if not stat.S_ISDIR(mode):
                 continue
-            path = top + (rel[len("/" + only):] if only else rel)
+            path = top + (rel[len(first):] if first != "/" else rel)
             todo += _flagged_entries(path, rel, dev)
     return out
 
