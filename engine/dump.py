@@ -978,6 +978,8 @@ def _archive_ghost(d: _Dump, mid: int, mfd: int) -> None:
                  {"id": other, "mountpoint": d.mounts_by_id[other].mountpoint}, g.get("inode") == inode)
             d.ghost_of[mid] = gid
             return
+    _hook(mountrules.ghost_attrs, f"mount {mid} ({d.mounts_by_id[mid].mountpoint}): its root {root}",
+          kernel.statx_attributes("", mfd, kernel.AT_EMPTY_PATH)[0])
     name, path = d.writer.new_archive()
     try:
         d.files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path, pass_fds=(mfd,))

@@ -16,7 +16,7 @@ import errno
 import stat
 
 from engine import fs
-from engine.image import is_beneath
+from engine.image import INODE_FLAGS, is_beneath
 
 
 def unknown_externals(ext_mnts, used) -> None:
@@ -176,6 +176,20 @@ def deleted_file(where: str, sb: dict | None, mode: int) -> None:
             or stat.S_ISBLK(mode) or stat.S_ISLNK(mode)):
         raise fs.FsError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs, device nodes, "
                                            "symlinks and directories are supported")
+
+
+def ghost_attrs(where: str, attrs: int) -> None:
+    """Refuse a deleted file or directory (`where` names it) that restore would make again from its
+    own archive (a ghost, engine/ghosts.py: no other name of it is dumped) when it has inode
+    attributes tar keeps none of (`attrs`, statx's: chattr i, a, d): restore makes it, opens it and
+    unlinks it again, and sets none of them on it (an immutable or append-only file could not be
+    unlinked). Not supported: refused rather than lost."""
+    have = attrs & INODE_FLAGS
+    if have:
+        letters = "".join(c for bit, c in ((0x10, "i"), (0x20, "a"), (0x40, "d")) if have & bit)
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: deleted, with inode attributes (chattr +{letters}) restore "
+                                           f"cannot set on a deleted file: clear them (chattr -{letters} through "
+                                           "its /proc/PID link) or let the file go before dumping")
 
 
 def deleted_mapping(where: str, sb: dict | None, mode: int) -> None:

@@ -386,6 +386,11 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     if linked:
         ghosts_doc[gid] = {"sb": sid, "path": sb_path, "linked": linked, "inode": key}
         return gid
+    try:
+        attrs = kernel.statx_attributes(f"/proc/{pid}/{link}")[0]
+    except OSError as e:
+        raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+    hook(mountrules.ghost_attrs, where, attrs)   # (asked before the stop too)
     name, out = writer.new_archive()
     try:
         d, _, entry = f"/proc/{pid}/{link}".rpartition("/")

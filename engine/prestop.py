@@ -626,15 +626,14 @@ def _probe_some(view: View, todo: list) -> None:
 def _check_ghost_names(view: View) -> None:
     """Mounts of one superblock whose deleted roots have one name must be one file
     (mountrules.ghost_names): the roots of each such group compared through fds on them
-    (_open_mount); one that cannot be opened is left to dump, which compares them stopped."""
+    (_open_mount); one that cannot be opened is left to dump, which compares them stopped. Each
+    deleted root is one ghost, archived alone: mountrules.ghost_attrs of it too."""
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for ns_name, ns in view.mntns_doc.items():
         for e in ns["mounts"]:
             if e.get("ghost") and not e["external"] and e["sb"] not in view.unsure:
                 groups.setdefault((e["sb"], e["root"]), []).append((ns_name, e))
     for group in groups.values():
-        if len(group) < 2:
-            continue
         first = None
         for ns_name, e in group:
             fd = _open_mount(view, ns_name, e, os.O_PATH | os.O_CLOEXEC)
@@ -642,8 +641,10 @@ def _check_ghost_names(view: View) -> None:
                 continue
             try:
                 st = os.fstat(fd)
+                attrs = kernel.statx_attributes("", fd, kernel.AT_EMPTY_PATH)[0]
             finally:
                 os.close(fd)
+            mountrules.ghost_attrs(f"mount {e['id']} ({e['mountpoint']}): its root {e['root']}", attrs)
             if first is None:
                 first = (e, (st.st_dev, st.st_ino))
             else:
@@ -994,6 +995,8 @@ def _check_deleted_maps(pid: int, view: View) -> None:
         if sid not in view.unsure:
             mountrules.deleted_mapping(f"process {pid} mapping ({target})",
                                        None if sid is None else view.superblocks[sid], st.st_mode)
+            if not kernel.undeleted(target)[0] == m.mountpoint or not ghosts.split_root(m.root)[1]:
+                _ghost_attrs(f"process {pid} mapping ({target})", link, view.superblocks[sid])
 
 
 def _check_exe(pid: int, view: View) -> None:
@@ -1011,6 +1014,21 @@ def _check_exe(pid: int, view: View) -> None:
         mountrules.executable(f"process {pid} executable ({target})", st.st_mode, noexec)
 
 
+def _ghost_attrs(where: str, link: str, sb: dict) -> None:
+    """engine/mountrules.py `ghost_attrs` for the deleted file at magic link `link`, when dump will
+    archive it alone: no other name of it (a file of a type whose files are archived that has one is
+    linked there again at restore, and keeps the attributes that name's archive records; dump asks
+    again once stopped)."""
+    try:
+        attrs = kernel.statx_attributes(link)[0]
+        nlink = os.stat(link).st_nlink
+    except OSError:
+        return   # (gone meanwhile: dump tells, once the tree is stopped)
+    if nlink and fs.lookup(sb["fstype"]).content:
+        return
+    mountrules.ghost_attrs(where, attrs)
+
+
 def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View, held: tuple[int, str]) -> None:
     """engine/mountrules.py `deleted_file` for `target` (a path ending in " (deleted)") on mount `mnt`,
     unless it is the deleted root of that mount itself (which the mount carries) or the mount's
@@ -1023,6 +1041,7 @@ def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View, held: 
     if sid in view.unsure:
         return
     mountrules.deleted_file(where, None if sid is None else view.superblocks[sid], mode)
+    _ghost_attrs(where, f"/proc/{held[0]}/{held[1]}", view.superblocks[sid])
     if m is not None and stat.S_ISDIR(mode):
         sb = view.superblocks[sid]
         fs.lookup(sb["fstype"]).deleted_dir(where, sb, *held, ghosts.sb_path(m.root, m.mountpoint,

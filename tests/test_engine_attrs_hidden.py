@@ -7,6 +7,8 @@ open (ghosts), whose archive holds no attributes, are refused before the stop in
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 
@@ -68,3 +70,54 @@ def test_attributes_beneath_a_locked_cover_kept(case):
         assert "i" in got["f"] and "a" in got["d/g"] and "d" in got["d"], got
     finally:
         _unlock(restored, ["/mnt/subview/f", "/mnt/subview/d/g"])
+
+
+# FS_IOC_SETFLAGS through an fd (chattr opens no magic link: O_NOFOLLOW)
+_SETFLAGS = "python3 -c 'import fcntl, os, struct; fcntl.ioctl({fd}, 0x40086602, struct.pack(\"<iI\", {flag}, 0))'\n"
+GHOSTS = {
+    # a file unlinked while open, then made append-only through the fd
+    "fd": ("echo data > /run/t/f; exec 3<>/run/t/f; rm /run/t/f\n" + _SETFLAGS.format(fd=3, flag=0x20),
+           r"process \d+ fd 3 \(/run/t/f \(deleted\)\)", "a"),
+    # a directory removed while the cwd, then made nodump
+    "cwd": ("mkdir /run/t/d; cd /run/t/d; rmdir /run/t/d\n" + _SETFLAGS.format(fd='os.open(\".\", 0)', flag=0x40),
+            r"process \d+ cwd \(/run/t/d \(deleted\)\)", "d"),
+    # a file bind whose file was unlinked (the mount's root), then made immutable through the bind
+    "root": ("echo data > /run/t/f; touch /run/bf; mount --bind /run/t/f /run/bf; rm /run/t/f; chattr +i /run/bf\n",
+             r"mount \d+ \(/run/bf\): its root /f", "i"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GHOSTS))
+def test_deleted_file_with_attributes_refused_before_the_stop(case, kind):
+    """A deleted file or directory with chattr attributes that restore would make again from its own
+    archive: refused before the stop, naming it and the attributes (they were lost before)."""
+    _need_chattr()
+    setup, where, letters = GHOSTS[kind]
+    pid = case.start(enginecase.STOP_WATCH + "mkdir /run/t; mount -t tmpfs t /run/t\n" + setup + "hold\n")
+    images = case.new_images_dir()
+    try:
+        r = enginecase.mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
+        assert r.returncode == 2, r.stderr
+        assert re.fullmatch(rf"mntcr dump: {where}: deleted, with inode attributes \(chattr \+{letters}\) restore "
+                            rf"cannot set on a deleted file: clear them \(chattr -{letters} through its /proc/PID "
+                            r"link\) or let the file go before dumping\n", r.stderr), r.stderr
+        assert not os.path.exists(images)
+        assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+    finally:
+        _unlock(pid, ["/run/bf"] if kind == "root" else [])
+
+
+def test_deleted_name_of_a_file_with_another_name_keeps_its_attributes(case):
+    """A deleted name of a file that keeps another name (restore links it there again: no archive of
+    its own): the attributes come back with that name's (not refused)."""
+    _need_chattr()
+    pid = case.start("mkdir /run/t; mount -t tmpfs t /run/t\necho data > /run/t/a; ln /run/t/a /run/t/b\n"
+                     "exec 3</run/t/b; rm /run/t/b; chattr +a /run/t/a\nhold\n")
+    before = enginecase.take(pid)
+    restored = case.cr(pid)
+    try:
+        enginecase.assert_same(before, enginecase.take(restored))
+        assert "a" in _lsattr(restored, "/run/t/a")
+        assert os.readlink(f"/proc/{restored}/fd/3") == "/run/t/b (deleted)"
+    finally:
+        _unlock(restored, ["/run/t/a"])
