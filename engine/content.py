@@ -433,9 +433,12 @@ def make_sockets(dir_fd: int, records, ids: tuple[int, int] | None = None) -> No
             os.close(pfd)
 
 
-def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:
+def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = (), flags: list | None = None) -> dict:
     """Archive one directory tree (on a mount that cannot be cloned) as member sb-0, leaving out
-    the subtrees `exclude` (paths relative to it, archived elsewhere); size and sha256."""
+    the subtrees `exclude` (paths relative to it, archived elsewhere); size and sha256. The inode
+    attributes tar keeps none of go into `flags` ({"path" beneath it, "flags"}: dir_flags)."""
+    if flags is not None:
+        flags.extend(dir_flags(dir_fd, exclude))
     skip = [f"--exclude=./{rel}" for rel in exclude]
     cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "--sparse", "--one-file-system", *_COMMON,
            *(["--anchored", "--no-wildcards", *skip] if skip else []), "-cf", out_path,
@@ -444,6 +447,15 @@ def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:
     if code not in (0, 1):
         raise OSError(f"archiving files failed: {_last_line(_text(err), 'tar failed')}")
     return digest_path(out_path)
+
+
+def dir_flags(dir_fd: int, exclude=()) -> list[dict]:
+    """[{"path" beneath directory `dir_fd`, "flags"}] of its directories and regular files with an
+    attribute of INODE_FLAGS (as inode_flags walks a member), but the subtrees `exclude` (paths
+    relative to it) and other filesystems mounted beneath it."""
+    skip = {"/" + rel.strip("/") for rel in exclude}
+    return [rec for _, rec in inode_flags(dir_fd, ["."]) if not any(rec["path"] == x or rec["path"].startswith(x + "/")
+                                                                   for x in skip)]
 
 
 def digest_fd(fd: int) -> dict:

@@ -278,9 +278,11 @@ def locate_outside(facts: dict, inner_path: str, d_fd: int, d_path: str) -> str:
                                       "(unlinked, or renamed while dumped?)")
 
 
-def archive_invisible(locs: list[tuple[dict, str]], out_path: str, layer: tuple | None = None) -> dict:
+def archive_invisible(locs: list[tuple[dict, str]], out_path: str, layer: tuple | None = None,
+                      flags: list | None = None) -> dict:
     """Archive a detached tmpfs reachable only through fds (member sb-0): its whole tree from a
-    directory, else the files. Returns the archive's size and sha256.
+    directory, else the files. Returns the archive's size and sha256; the inode attributes tar keeps
+    none of (chattr i, a, d) go into `flags` (an archive reference's `attrs`).
 
     `locs` are (probe facts, path inside the detached mount); `layer`: the handle of an overlay
     layer directory on it (engine/fs/_layers_detached.py), a directory to climb from when the fds
@@ -291,7 +293,7 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str, layer: tuple 
         fd = _layers_detached.root_dir(layer, locs[0][0]["link"])
         if fd is not None:
             try:
-                return content.archive_dir(fd, out_path)
+                return content.archive_dir(fd, out_path, flags=flags)
             finally:
                 os.close(fd)
     dirs = [(f, p) for f, p in locs if f["is_dir"]]
@@ -302,7 +304,7 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str, layer: tuple 
         try:
             # A mount in no namespace cannot be cloned (open_tree says EINVAL); its
             # children were disconnected by the lazy umount, so archive it in place.
-            return content.archive_dir(fd, out_path)
+            return content.archive_dir(fd, out_path, flags=flags)
         finally:
             os.close(fd)
     import tarfile  # only for invisible mounts: kept out of every dump's start-up
@@ -332,6 +334,9 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str, layer: tuple 
             with open(facts["link"], "rb") as f:
                 st = os.fstat(f.fileno())
                 data = f.read()
+                attrs = kernel.statx_attributes("", f.fileno(), kernel.AT_EMPTY_PATH)[0] & content.INODE_FLAGS
+                if attrs and flags is not None:
+                    flags.append({"path": "/" + "/".join(parts[1:]), "flags": attrs})
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = len(data), stat.S_IMODE(st.st_mode)
                 info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
@@ -600,9 +605,12 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
                 else:
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
-                    files[name] = archive_invisible(facts, path, (getattr(view, "layer_anchors", None) or {}).get(mnt))
+                    attrs: list[dict] = []
+                    files[name] = archive_invisible(facts, path, (getattr(view, "layer_anchors", None) or {}).get(mnt),
+                                                    attrs)
+                    arc = {"file": name, "member": "sb-0", "root": "/", **({"attrs": attrs} if attrs else {})}
                     superblocks[sid] = {"fstype": found_type.name, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
-                                        "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
+                                        "external": False, "archives": [arc]}
                     root = "/"
             except DumpError:
                 raise
@@ -629,11 +637,13 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
         rel = rel_to(root, d_path)
         r_fd = d_fd if not rel else kernel.openat2(d_fd, rel, os.O_PATH | os.O_DIRECTORY,
                                                    kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV)
+        attrs: list[dict] = []
         try:
             name, path = writer.new_archive()
-            files[name] = content.archive_dir(r_fd, path, [rel_to(c, root) for c in covered if is_beneath(c, root)])
+            files[name] = content.archive_dir(r_fd, path, [rel_to(c, root) for c in covered if is_beneath(c, root)],
+                                              attrs)
         finally:
             if r_fd != d_fd:
                 os.close(r_fd)
-        sb["archives"].append({"file": name, "member": "sb-0", "root": root})
+        sb["archives"].append({"file": name, "member": "sb-0", "root": root, **({"attrs": attrs} if attrs else {})})
         done.setdefault(sid, []).append(root)

@@ -7,9 +7,11 @@ open (ghosts), whose archive holds no attributes, are refused before the stop in
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -121,3 +123,50 @@ def test_deleted_name_of_a_file_with_another_name_keeps_its_attributes(case):
         assert os.readlink(f"/proc/{restored}/fd/3") == "/run/t/b (deleted)"
     finally:
         _unlock(restored, ["/run/t/a"])
+
+
+DETACHED = {
+    # only a detached mount reaches the tmpfs (a directory held: its whole tree is archived)
+    "alone": "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n",
+    # a visible bind shows part of it (/mnt/t/vis): the rest only the detached mount reaches
+    "beyond": "mkdir /mnt/t /mnt/v; mount -t tmpfs t /mnt/t; mkdir /mnt/t/vis; mount --bind /mnt/t/vis /mnt/v\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DETACHED))
+def test_attributes_of_files_only_a_detached_mount_reaches_kept(case, kind):
+    """chattr +i, +a, +d of files of a tmpfs only a lazily unmounted mount reaches (the process holds
+    a directory of it): set again at restore, seen through the restored fd (were lost)."""
+    _need_chattr()
+    pid = case.start(DETACHED[kind] + "mkdir /mnt/t/d; echo i > /mnt/t/d/f; echo a > /mnt/t/d/g\n"
+                     "chattr +i /mnt/t/d/f; chattr +a /mnt/t/d/g; chattr +d /mnt/t/d\n"
+                     "exec 5</mnt/t/d; umount -l /mnt/t\nhold\n")
+    restored = case.cr(pid)
+    base = f"/proc/{restored}/fd/5"
+    try:
+        got = {p: _lsattr_at(f"{base}/{p}") for p in (".", "f", "g")}
+        assert "d" in got["."] and "i" in got["f"] and "a" in got["g"], got
+    finally:
+        for p in ("f", "g"):
+            subprocess.run(["chattr", "-i", "-a", f"{base}/{p}"], capture_output=True)
+
+
+def _lsattr_at(path: str) -> str:
+    out = subprocess.run(["lsattr", "-d", path], capture_output=True, text=True, check=True).stdout
+    return out.split()[0]
+
+
+def test_attributes_of_a_file_only_a_detached_mount_reaches_kept(case):
+    """The same with only a file of the detached tmpfs held (archived file by file): its chattr +a
+    set again on the restored file."""
+    _need_chattr()
+    pid = case.start("mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo a > /mnt/t/g; chattr +a /mnt/t/g\n"
+                     "exec 5>>/mnt/t/g; umount -l /mnt/t\nhold\n")
+    restored = case.cr(pid)
+    fd = os.open(f"/proc/{restored}/fd/5", os.O_RDONLY)
+    try:
+        flags = struct.unpack_from("<i", fcntl.ioctl(fd, 0x80086601, bytes(8)))[0]   # FS_IOC_GETFLAGS
+        assert flags & 0x20, hex(flags)
+        fcntl.ioctl(fd, 0x40086602, struct.pack("<iI", flags & ~0x30, 0))
+    finally:
+        os.close(fd)
