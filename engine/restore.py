@@ -653,6 +653,7 @@ class _Restorer:
         self._ext_by_sb: dict[str, list[dict]] | None = None
         self._child_rel: dict[int, dict[str, int]] = {}  # mount -> {child mount point relative to it: child}
         self._open_as: tuple | None = None   # open_at's gate to the host's files (_opening_for)
+        self._owner_ids: dict = {}   # a rootless tree's owner -> its (uid, gid, groups) (userns.host_gate)
         self._host_mount_ids: frozenset | None = None
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.ext_src: dict[int, int] = {}  # external mount id -> detached clone of its host path
@@ -2608,18 +2609,50 @@ class _Restorer:
         only as far as that tree's user could (engine/userns.py host_gate), not as root."""
         return self.host_reach(self._open_as)(mnt, lambda: self._open_at(mnt, path, os.O_PATH | os.O_CLOEXEC),
                                               lambda: kernel.open_unblocked(lambda f: self._open_at(mnt, path, f),
-                                                                            flags))
+                                                                            flags),
+                                              lambda: self._dirs_to(mnt, path))
+
+    def _dirs_to(self, mnt: int, path: str) -> list[int]:
+        """O_PATH fds (the caller's) on each directory a walk to `path` on mount `mnt` searches, from
+        the mount's root down to the file's own directory, then the file itself (not followed).
+        PermissionError when a directory on the way is a symlink: the walk would search
+        directories not named here (host_reach grants its fallback on the named ones only)."""
+        parts = [x for x in path.split("/") if x]
+        out: list[int] = []
+        try:
+            for k in range(len(parts) + 1):
+                out.append(self._open_at(mnt, "/".join(parts[:k]), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
+                if k < len(parts) and not stat.S_ISDIR(os.fstat(out[-1]).st_mode):
+                    raise PermissionError(errno.EACCES, "a symlink on the way")
+            if parts and stat.S_ISLNK(os.fstat(out[-1]).st_mode):
+                raise PermissionError(errno.EACCES, "a symlink at the end")
+        except BaseException:
+            for fd in out:
+                os.close(fd)
+            raise
+        return out[:-1]
 
     def host_reach(self, gate):
-        """reach(mnt, at, fn) -> fn(), run as root where `gate` (userns.host_gate's, or None) lets it:
-        on a mount `mnt` of the host, fn runs as the gate's user first; denied that, as root only on
-        a file (an O_PATH fd at()) whose ids the tree's outermost owned user namespace maps."""
+        """reach(mnt, at, fn, dirs=None) -> fn(), run as root where `gate` (userns.host_gate's, or
+        None) lets it: on a mount `mnt` of the host, fn runs as the gate's user first; denied that,
+        as root only on a file (an O_PATH fd at()) whose ids the tree's outermost owned user
+        namespace maps, reached through directories (O_PATH fds dirs(), the mount's root first)
+        each of which the user may search or whose ids it maps too: its root passes a walk's
+        search checks only so (a file of mapped ids in root's 0700 directory stays out of reach)."""
         if gate is None:
-            return lambda mnt, at, fn: fn()
+            return lambda mnt, at, fn, dirs=None: fn()
         from engine import userns
         host, users = self._host_ids(), self.doc.get("userns") or {}
 
-        def reach(mnt, at, fn):
+        def searchable(d: int) -> bool:
+            try:
+                with kernel.as_user_for_a_while(*gate[1]):
+                    os.close(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=d))   # (a walk's first check)
+                return True
+            except PermissionError:
+                return userns.maps_file(gate[0], users, os.fstat(d))
+
+        def reach(mnt, at, fn, dirs=None):
             if mnt not in host:
                 return fn()
             try:
@@ -2632,6 +2665,17 @@ class _Restorer:
                         raise
                 finally:
                     os.close(fd)
+                if dirs is not None:
+                    try:
+                        walked = dirs()
+                    except PermissionError:
+                        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
+                    try:
+                        if not all(searchable(d) for d in walked):
+                            raise
+                    finally:
+                        for d in walked:
+                            os.close(d)
             return fn()
         return reach
 
@@ -2643,7 +2687,7 @@ class _Restorer:
     def _opening_for(self, p: dict | None) -> None:
         """The process whose files open_at opens from now on (None: restore's own)."""
         from engine import userns   # (userns_cr's already)
-        self._open_as = None if p is None else userns.host_gate(p, self.doc.get("userns") or {})
+        self._open_as = None if p is None else userns.host_gate(p, self.doc.get("userns") or {}, self._owner_ids)
 
     def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]

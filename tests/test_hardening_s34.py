@@ -1,0 +1,101 @@
+"""Session 34's rootless gate gaps: a rootless tree (its outermost user namespace made by a
+non-root user) reaches the host's files only as far as that user could (engine/userns.py
+host_gate, engine/restore.py host_reach). Each image is a real dump changed as an attacker with
+write access to the image directory would, refused with exit status 2 and one line, nothing left
+running or mounted (test_hardening_hostile.refused); or a unit of the gate on a stub restorer.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+
+import enginecase
+from test_hardening_hostile import _mutated, refused
+from test_hardening_s13 import SETUP
+from test_hardening_s15 import _nobody
+from test_hardening_s33 import _held_after_restore, _reach, _rootless_fd, _subids
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """test_hardening_s13's tree: a child in a user namespace mapping 0-65535 to 100000-165535."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _locked_etc(tmp_path, dir_owner: int, dir_mode: int):
+    """tmp_path/etc holding dir/secret (ids 100033, mode 0600: its namespace maps them), dir of
+    `dir_owner` with `dir_mode`."""
+    etc = tmp_path / "etc"
+    (etc / "dir").mkdir(parents=True)
+    (etc / "dir" / "secret").write_text("x")
+    os.chown(etc / "dir" / "secret", 100033, 100033)
+    os.chmod(etc / "dir" / "secret", 0o600)
+    os.chown(etc / "dir", dir_owner, dir_owner)
+    os.chmod(etc / "dir", dir_mode)
+    return etc
+
+
+def test_mapped_file_in_roots_private_directory_is_refused(image, tmp_path):
+    """The capability fallback (root of the tree's namespace passes a check on a file whose ids it
+    maps) looked at the file alone: a file of mapped ids in root's 0700 directory was handed over,
+    though no process of the tree could walk into that directory. Now each directory on the way
+    must be one its user may search or one of ids the namespace maps."""
+    etc = _locked_etc(tmp_path, 0, 0o700)
+    img = _mutated(image, tmp_path, _rootless_fd("/dir/secret"))
+    refused(img, r"process \d+ fd 5 \(file\): /dir/secret on mount \d+: .*Permission denied", tmp_path,
+            extra=("--external", f"mnt[etc]:{etc}"), subids=_subids())
+
+
+def test_mapped_file_in_a_mapped_private_directory_is_kept(image, tmp_path):
+    """The same file in a 0700 directory of ids the namespace maps (its root may search it): kept."""
+    etc = _locked_etc(tmp_path, 100000, 0o700)
+    img = _mutated(image, tmp_path, _rootless_fd("/dir/secret"))
+    assert _held_after_restore(img, etc, tmp_path) == "/etc/dir/secret"
+
+
+def _walk(top):
+    def dirs():
+        return [os.open(top, os.O_PATH | os.O_CLOEXEC), os.open(top / "dir", os.O_PATH | os.O_CLOEXEC)]
+    return dirs
+
+
+@pytest.mark.parametrize("dir_owner, reached", [(0, False), (100000, True)])
+def test_fallback_checks_every_directory_on_the_way(tmp_path, dir_owner, reached):
+    """host_reach's fallback with the directories a walk searches (`dirs`): one of root's 0700 on the
+    way keeps the file out of reach; one of mapped ids does not."""
+    etc = _locked_etc(tmp_path, dir_owner, 0o700)
+    reach = _reach(tmp_path, _nobody().pw_uid)
+    path = etc / "dir" / "secret"
+    at = lambda: os.open(path, os.O_PATH | os.O_CLOEXEC)   # noqa: E731
+
+    def fn():
+        os.close(os.open(path, os.O_RDONLY))
+        return "opened"
+    if reached:
+        assert reach(1, at, fn, _walk(etc)) == "opened"
+    else:
+        with pytest.raises(PermissionError):
+            reach(1, at, fn, _walk(etc))
+
+
+def test_host_gate_reads_the_user_database_once_per_owner(monkeypatch):
+    """_opening_for runs a few times a process; each read /etc/passwd and /etc/group again
+    (getpwuid, getgrouplist). Now once per owner for a restore."""
+    import pwd
+    from engine import restore
+    calls = []
+    real = pwd.getpwuid
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: calls.append(uid) or real(uid))
+    users = {"user-1": {"owner": _nobody().pw_uid, "parent": None,
+                        "uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]]}}
+    stub = types.SimpleNamespace(doc={"userns": users}, _owner_ids={})
+    for _ in range(5):
+        for pid in (1, 2):
+            restore._Restorer._opening_for(stub, {"pid": pid, "userns": "user-1"})
+    assert calls == [_nobody().pw_uid]
+    assert stub._open_as == ("user-1", (_nobody().pw_uid, _nobody().pw_gid,
+                                        os.getgrouplist(_nobody().pw_name, _nobody().pw_gid)))
