@@ -129,6 +129,19 @@ def parse_externals(specs, root: str | None) -> dict[str, str]:
     return out
 
 
+def _searchable(gate, users: dict, d: int) -> bool:
+    """Whether the user of `gate` (userns.host_gate's) may search directory `d` (an O_PATH fd): as
+    that user, or as its namespace's root on a directory of ids the namespace maps (`users`: the
+    image's user namespaces)."""
+    from engine import userns
+    try:
+        with kernel.as_user_for_a_while(*gate[1]):
+            os.close(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=d))   # (a walk's first check)
+        return True
+    except PermissionError:
+        return userns.maps_file(gate[0], users, os.fstat(d))
+
+
 def _open_external(path: str, flags: int) -> int:
     """Open the host file `path` given for an external fd with its dumped `flags`; a FIFO without
     blocking (an open for writing would wait for a reader forever: ENXIO says there is none)."""
@@ -961,8 +974,10 @@ class _Restorer:
                                                        f"{node['path']}: {err.strerror or err}") from None
 
     def _host_mounts(self) -> frozenset:
-        """The ids of the mounts of the host's files (external ones, or of an external superblock)."""
-        return frozenset(i for i, m in self.mounts.items()
+        """The ids of the mounts of the host's files (external ones, or of an external superblock,
+        detached ones too: a file of such a mount is the host's wherever the image puts it)."""
+        every = itertools.chain(self.mounts.items(), self.detached.items())
+        return frozenset(i for i, m in every
                          if m.get("external") or self.doc["superblocks"][m["sb"]].get("external"))
 
     def _pty_master(self, obj: str, ptmx: dict) -> None:
@@ -1726,7 +1741,9 @@ class _Restorer:
                     best = e
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
-        return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+        rel = rel_to(m["root"], best["root"])
+        self._check_host_root(m, self.ext_src[best["id"]], rel)
+        return self.ext_src[best["id"]], rel
 
     def _own_source(self, m: dict, sb: dict, handler: fs.FsType) -> int:
         """The mount its type makes mount `m` from (`mount_source`: a namespace bound on a file), once per
@@ -2644,14 +2661,6 @@ class _Restorer:
         from engine import userns
         host, users = self._host_ids(), self.doc.get("userns") or {}
 
-        def searchable(d: int) -> bool:
-            try:
-                with kernel.as_user_for_a_while(*gate[1]):
-                    os.close(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=d))   # (a walk's first check)
-                return True
-            except PermissionError:
-                return userns.maps_file(gate[0], users, os.fstat(d))
-
         def reach(mnt, at, fn, dirs=None):
             if mnt not in host:
                 return fn()
@@ -2671,13 +2680,51 @@ class _Restorer:
                     except PermissionError:
                         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
                     try:
-                        if not all(searchable(d) for d in walked):
+                        if not all(_searchable(gate, users, d) for d in walked):
                             raise
                     finally:
                         for d in walked:
                             os.close(d)
             return fn()
         return reach
+
+    def _mount_gates(self, m: dict) -> list:
+        """The gates (userns.host_gate's) of the rootless trees that see mount `m`: its namespace's
+        owner's; for a detached mount (no namespace of its own) every process's."""
+        from engine import userns
+        users = self.doc.get("userns") or {}
+        if m["id"] in self.detached:
+            names = {p.get("userns") for p in self.doc["processes"]}
+        else:
+            names = {self.doc["mntns"][self.ns_of_mount[m["id"]]].get("owner")}
+        gates = (userns.host_gate({"userns": n}, users, self._owner_ids) for n in names if n is not None)
+        return list({g[0]: g for g in gates if g is not None}.values())
+
+    def _check_host_root(self, m: dict, src: int, rel: str) -> None:
+        """Mount `m` of the host's files shows directory `rel` of an external mount (`src`, its clone)
+        to a rootless tree: only when that tree's user could walk to it (each directory above it one
+        it may search, no symlink on the way). A bind of a subdirectory skips the search checks of
+        the directories above it: root's 0700 /root/x would be open to the tree."""
+        parts = [x for x in rel.split("/") if x]
+        if not parts:
+            return
+        users = self.doc.get("userns") or {}
+        for gate in self._mount_gates(m):
+            for k in range(len(parts)):
+                try:
+                    d = kernel.openat2(src, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                       _BENEATH | kernel.RESOLVE_NO_XDEV)
+                except OSError:
+                    d = None   # (a symlink on the way, or nothing there: not a walk its user could make)
+                try:
+                    ok = d is not None and stat.S_ISDIR(os.fstat(d).st_mode) and _searchable(gate, users, d)
+                finally:
+                    if d is not None:
+                        os.close(d)
+                if not ok:
+                    raise RestoreError(errno.EACCES, f"mount {m['id']} ({m.get('mountpoint', 'detached')}): its "
+                                                     f"root {m['root']} lies beneath a directory of the host's that "
+                                                     f"its rootless tree's user (uid {gate[1][0]}) may not search")
 
     def _host_ids(self) -> frozenset:
         if self._host_mount_ids is None:

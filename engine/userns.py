@@ -595,11 +595,7 @@ def host_gate(p: dict, users: dict, known: dict | None = None) -> tuple[str, tup
     a process may hold what it opened before it dropped them (a log its container's root opened,
     then setuid to www-data), which its user could open as well. `known`: owner -> its (uid, gid,
     groups), kept by the caller for one restore (the user database is read once per owner)."""
-    name, top = p.get("userns"), None
-    while name is not None:
-        if users[name].get("owner"):
-            top = name
-        name = users[name].get("parent")
+    top = owned_top(p.get("userns"), users)
     if top is None:
         return None
     owner = users[top]["owner"]
@@ -608,6 +604,17 @@ def host_gate(p: dict, users: dict, known: dict | None = None) -> tuple[str, tup
     if owner not in known:
         known[owner] = user_ids(owner)
     return top, known[owner]
+
+
+def owned_top(name: str | None, users: dict) -> str | None:
+    """The outermost user namespace at or above image user namespace `name` that a non-root user
+    made, or None (root made them all)."""
+    top = None
+    while name is not None:
+        if users[name].get("owner"):
+            top = name
+        name = users[name].get("parent")
+    return top
 
 
 def user_ids(uid: int) -> tuple[int, int, list[int]]:

@@ -99,3 +99,59 @@ def test_host_gate_reads_the_user_database_once_per_owner(monkeypatch):
     assert calls == [_nobody().pw_uid]
     assert stub._open_as == ("user-1", (_nobody().pw_uid, _nobody().pw_gid,
                                         os.getgrouplist(_nobody().pw_name, _nobody().pw_gid)))
+
+
+# --- item 1: mounts of the host's files other than the external ones -----------------------------
+
+def _detached_etc(path: str, flags: int = os.O_RDONLY, root: str = "/"):
+    """The child's namespace made by nobody, its process holding `path` open at fd 5 on a detached
+    mount of the host's /etc superblock (the external mount's) with root `root`."""
+    def mutate(d):
+        from test_hardening_s33 import _etc
+        from test_hardening_s13 import _kid
+        ext = next(m for ns in d["mntns"].values() for m in ns["mounts"] if m["id"] == _etc(d))
+        mid = 1 + max(m["id"] for ns in d["mntns"].values() for m in ns["mounts"])
+        d.setdefault("detached", {})[str(mid)] = {"id": mid, "sb": ext["sb"], "root": ext["root"].rstrip("/") + root
+                                                  if root != "/" else ext["root"], "mount_opts": ["rw"]}
+        d["userns"][_kid(d)["userns"]]["owner"] = _nobody().pw_uid
+        _kid(d)["fds"].append({"fd": 5, "flags": flags, "mnt": mid, "detached": True, "path": path, "pos": 0})
+    return mutate
+
+
+def test_rootless_process_gets_no_host_file_through_a_detached_mount(image, tmp_path):
+    """A detached mount of the host's /etc superblock was no host mount to the gate (only attached
+    ones were): a rootless tree's fd on /shadow there was opened as root."""
+    if os.stat("/etc/shadow").st_mode & 0o004:
+        pytest.skip("/etc/shadow is open to all here")
+    img = _mutated(image, tmp_path, _detached_etc("/shadow"))
+    refused(img, r"process \d+ fd 5 \(file\): /shadow on mount \d+: .*Permission denied", tmp_path, subids=_subids())
+
+
+def test_detached_bind_beneath_roots_private_directory_is_refused(image, tmp_path):
+    """A detached mount of the host's /etc superblock whose root is top/sub (top root's 0700, sub
+    open): its files were reached from sub, the search check of top skipped; the tree's user could
+    never walk there. Refused at restore now, naming the mount."""
+    etc = tmp_path / "etc"
+    (etc / "top" / "sub").mkdir(parents=True)
+    (etc / "top" / "sub" / "file").write_text("x")
+    os.chmod(etc / "top", 0o700)
+    img = _mutated(image, tmp_path, _detached_etc("/file", root="/top/sub"))
+    refused(img, r"mount \d+ \(detached\): its root /\S*top/sub lies beneath a directory of the host's that its "
+                 r"rootless tree's user \(uid \d+\) may not search", tmp_path,
+            extra=("--external", f"mnt[etc]:{etc}"), subids=_subids())
+
+
+def test_detached_bind_beneath_an_open_directory_is_kept(image, tmp_path):
+    """The same with top open to all: the tree's user could walk there; restored."""
+    etc = tmp_path / "etc"
+    (etc / "top" / "sub").mkdir(parents=True)
+    (etc / "top" / "sub" / "file").write_text("x")
+    os.chmod(etc / "top", 0o755)
+    img = _mutated(image, tmp_path, _detached_etc("/file", root="/top/sub"))
+    pidfile = str(tmp_path / "ok.pid")
+    r = enginecase.mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--external", f"mnt[etc]:{etc}",
+                         "--pidfile", pidfile, timeout=120, subids=_subids())
+    assert r.returncode == 0, r.stderr
+    from zdtm.snapshot import kill_tree
+    with open(pidfile) as f:
+        kill_tree(int(f.read()))
