@@ -2696,7 +2696,9 @@ class _Restorer:
         if m["id"] in self.detached:
             names = {p.get("userns") for p in self.doc["processes"]}
         else:
-            names = {self.doc["mntns"][self.ns_of_mount[m["id"]]].get("owner")}
+            ns = self.ns_of_mount[m["id"]]
+            names = {self.doc["mntns"][ns].get("owner")} | {p.get("userns") for p in self.doc["processes"]
+                                                           if p["ns"]["mnt"] == ns}
         gates = (userns.host_gate({"userns": n}, users, self._owner_ids) for n in names if n is not None)
         return list({g[0]: g for g in gates if g is not None}.values())
 
@@ -2705,11 +2707,17 @@ class _Restorer:
         to a rootless tree: only when that tree's user could walk to it (each directory above it one
         it may search, no symlink on the way). A bind of a subdirectory skips the search checks of
         the directories above it: root's 0700 /root/x would be open to the tree."""
+        self._check_walk(self._mount_gates(m), src, rel,
+                         f"mount {m['id']} ({m.get('mountpoint', 'detached')}): its root {m['root']}")
+
+    def _check_walk(self, gates: list, src: int, rel: str, what: str) -> None:
+        """Refuse (`what` lies beneath...) unless the user of each of `gates` could walk from `src` (an
+        fd on a directory) to `rel` beneath it: each directory above `rel` one it may search."""
         parts = [x for x in rel.split("/") if x]
         if not parts:
             return
         users = self.doc.get("userns") or {}
-        for gate in self._mount_gates(m):
+        for gate in gates:
             for k in range(len(parts)):
                 try:
                     d = kernel.openat2(src, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -2722,9 +2730,28 @@ class _Restorer:
                     if d is not None:
                         os.close(d)
                 if not ok:
-                    raise RestoreError(errno.EACCES, f"mount {m['id']} ({m.get('mountpoint', 'detached')}): its "
-                                                     f"root {m['root']} lies beneath a directory of the host's that "
-                                                     f"its rootless tree's user (uid {gate[1][0]}) may not search")
+                    raise RestoreError(errno.EACCES, f"{what} lies beneath a directory of the host's that its "
+                                                     f"rootless tree's user (uid {gate[1][0]}) may not search")
+
+    def check_host_layer(self, sid: str, sb: dict, layer: dict, rel: str, where: str) -> None:
+        """For a type's `create` hook: refuse superblock `sid`'s layer directory `rel` on mount `layer`
+        when that is a mount of the host's files and a rootless tree sees the superblock, unless the
+        tree's user could make it so: as its own namespace's root (never with root's credentials,
+        which would read and copy up what it may not), through directories it may search."""
+        if layer["id"] not in self._host_ids():
+            return
+        from engine import userns
+        users = self.doc.get("userns") or {}
+        gates = [g for m in itertools.chain(self.mounts.values(), self.detached.values()) if m["sb"] == sid
+                 for g in self._mount_gates(m)]
+        if not gates:
+            return
+        if sb.get("owner") is None or userns.owned_top(sb["owner"], users) is None:
+            raise RestoreError(errno.EACCES, f"{where}: made with root's credentials on a layer of the host's "
+                                             f"mount {layer['id']}, for a rootless tree whose user could not make it")
+        base, root_rel = self.source_of(layer)
+        self._check_walk(gates, base, "/".join(x for x in (root_rel, rel.strip("/")) if x),
+                         f"{where}: its layer directory {rel} on mount {layer['id']}")
 
     def _host_ids(self) -> frozenset:
         if self._host_mount_ids is None:

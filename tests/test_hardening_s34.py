@@ -155,3 +155,117 @@ def test_detached_bind_beneath_an_open_directory_is_kept(image, tmp_path):
     from zdtm.snapshot import kill_tree
     with open(pidfile) as f:
         kill_tree(int(f.read()))
+
+
+def _overlay_on_etc(owner_kid: bool, rel: str = "/lower"):
+    """The tmpfs at /dev of the rootless tree's namespace made an overlay whose lower layers are
+    `rel`/a and `rel`/b of the host's /etc (the external mount), at /lower/a and /lower/b (one alone
+    needs an upper), made by root (`owner_kid` False) or by the kid's namespace."""
+    def mutate(d):
+        from test_hardening_s33 import _etc
+        from test_hardening_s13 import _kid
+        d["userns"][_kid(d)["userns"]]["owner"] = _nobody().pw_uid
+        ns = d["mntns"][_kid(d)["ns"]["mnt"]]
+        m = next(m for m in ns["mounts"] if m["mountpoint"] == "/dev")
+        sb = d["superblocks"][m["sb"]]
+        if "source" in m:
+            m["source"] = "overlay"
+        for p in d["processes"]:   # (an overlay without upper is read-only: fds on /dev/null read only)
+            for f in p["fds"]:
+                if f.get("mnt") == m["id"]:
+                    f["flags"] = os.O_RDONLY
+        sb.update(fstype="overlay", source="overlay", archives=[], super_opts=["ro", "lowerdir=/lower/a:/lower/b"],
+                  layers=[{"path": f"/lower/{x}", "mnt": _etc(d), "rel": f"{rel}/{x}"} for x in "ab"])
+        for k in ("size", "nr_inodes", "mode"):
+            sb.pop(k, None)
+        if owner_kid:
+            sb["owner"] = _kid(d)["userns"]
+        else:
+            sb.pop("owner", None)
+    return mutate
+
+
+def _overlaid(image, tmp_path, owner_kid: bool, rel: str = "/lower") -> str:
+    """_overlay_on_etc's image, /dev's archive members dropped from the archive (and the manifest
+    vouching for it again): restore refuses members no superblock names."""
+    import hashlib
+    import tarfile
+    from enginecase import load_manifest, save_manifest
+    member = []
+
+    def mutate(d):
+        from test_hardening_s13 import _kid
+        ns = d["mntns"][_kid(d)["ns"]["mnt"]]
+        arc = d["superblocks"][next(m for m in ns["mounts"] if m["mountpoint"] == "/dev")["sb"]]["archives"][0]
+        member.append(arc)
+        _overlay_on_etc(owner_kid, rel)(d)
+    img = _mutated(image, tmp_path, mutate)
+    arc = member[0]
+    path = os.path.join(img, arc["file"])
+    with tarfile.open(path) as src, tarfile.open(path + ".new", "w", format=tarfile.GNU_FORMAT) as dst:
+        for m in src.getmembers():
+            if m.name != arc["member"] and not m.name.startswith(arc["member"] + "/"):
+                dst.addfile(m, src.extractfile(m) if m.isreg() else None)
+    os.rename(path + ".new", path)
+    with open(path, "rb") as f:
+        data = f.read()
+    doc = load_manifest(img)
+    doc["files"][arc["file"]] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    save_manifest(img, doc)
+    return img
+
+
+def _lower_layers(top):
+    """`top`/lower/a (with f, and null: the tree's fds 0-2 are on /dev/null) and `top`/lower/b."""
+    for x in "ab":
+        (top / "lower" / x).mkdir(parents=True)
+    (top / "lower" / "a" / "f").write_text("x")
+    (top / "lower" / "a" / "null").write_text("")
+    os.chmod(top / "lower" / "a" / "null", 0o666)
+
+
+def _lower_etc(tmp_path):
+    etc = tmp_path / "etc"
+    _lower_layers(etc)
+    return etc
+
+
+def test_root_made_overlay_on_host_layers_for_a_rootless_tree_is_refused(image, tmp_path):
+    """An overlay a rootless tree sees, made with root's credentials on a layer of the host's files:
+    it reads (and would copy up) as root whatever the layer holds. Its user could never make it."""
+    etc = _lower_etc(tmp_path)
+    img = _overlaid(image, tmp_path, False)
+    refused(img, r"mount \d+ \(/dev\) on overlay: made with root's credentials on a layer of the host's mount \d+, "
+                 r"for a rootless tree whose user could not make it", tmp_path, extra=("--external", f"mnt[etc]:{etc}"), subids=_subids())
+
+
+def test_rootless_overlay_on_a_layer_beneath_roots_private_directory_is_refused(image, tmp_path):
+    """The overlay made by the tree's own namespace (its credentials, not root's) on top/lower/a and
+    b of the host's /etc, top root's 0700: the layer's clone skipped the search check of top. Refused."""
+    etc = tmp_path / "etc"
+    _lower_layers(etc / "top")
+    os.chmod(etc / "top", 0o700)
+    img = _overlaid(image, tmp_path, True, "/top/lower")
+    refused(img, r"mount \d+ \(/dev\) on overlay: its layer directory /top/lower on mount \d+ lies beneath a directory "
+                 r"of the host's that its rootless tree's user \(uid \d+\) may not search", tmp_path,
+            extra=("--external", f"mnt[etc]:{etc}"), subids=_subids())
+
+
+def test_rootless_overlay_on_an_open_host_layer_is_restored(image, tmp_path):
+    """The same with top open to all: made (by the tree's namespace), its file shown."""
+    etc = tmp_path / "etc"
+    _lower_layers(etc / "top")
+    os.chmod(etc / "top", 0o755)
+    img = _overlaid(image, tmp_path, True, "/top/lower")
+    pidfile = str(tmp_path / "ok.pid")
+    r = enginecase.mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--external", f"mnt[etc]:{etc}",
+                         "--pidfile", pidfile, timeout=120, subids=_subids())
+    assert r.returncode == 0, r.stderr
+    from zdtm.snapshot import kill_tree
+    with open(pidfile) as f:
+        root = int(f.read())
+    try:
+        with open(f"/proc/{root}/root/dev/f") as f:
+            assert f.read() == "x"
+    finally:
+        kill_tree(root)
