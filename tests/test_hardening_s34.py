@@ -13,6 +13,7 @@ import types
 import pytest
 
 import enginecase
+from enginecase import case  # noqa: F401  (the fixture)
 from test_hardening_hostile import _mutated, refused
 from test_hardening_s13 import SETUP
 from test_hardening_s15 import _nobody
@@ -269,3 +270,56 @@ def test_rootless_overlay_on_an_open_host_layer_is_restored(image, tmp_path):
             assert f.read() == "x"
     finally:
         kill_tree(root)
+
+
+# --- item 3: a host file root passed into a rootless namespace is refused at dump, unstopped ------
+
+# A child opens the container's /etc/shadow (the host's, an external mount) as root, becomes uid
+# 1000 and unshares a user namespace (uid 1000's: a rootless tree), mapped 0 -> 1000 by its parent,
+# and holds the file at fd 5 (restore would refuse it: uid 1000 cannot open /etc/shadow).
+_ROOT_FILE_IN_ROOTLESS = """
+import time
+r, w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    import ctypes, signal
+    os.dup2(os.open("/etc/FILE", os.O_RDONLY), 5)
+    os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
+    ctypes.CDLL(None).unshare(0x10000000)   # CLONE_NEWUSER
+    os.write(w, b"x")
+    while not os.path.exists("/run/mapped"):
+        time.sleep(0.02)
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True:
+        signal.pause()
+os.read(r, 1)
+for m, text in (("setgroups", "deny"), ("uid_map", "0 1000 1"), ("gid_map", "0 1000 1")):
+    with open(f"/proc/{kid}/{m}", "w") as f:
+        f.write(text)
+open("/run/mapped", "w").close()
+"""
+
+
+def test_root_opened_host_file_in_a_rootless_tree_is_refused_at_dump_unstopped(case):
+    """A root process opened the host's /etc/shadow and passed it into a user namespace uid 1000
+    made: dump took it, restore refused it (uid 1000 could not open it). Dump refuses it now,
+    before the stop, naming the fd and the user."""
+    from enginecase import STOP_WATCH, py_hold
+    from test_engine_prestop import _refused_unstopped
+    st = os.stat("/etc/shadow")
+    if st.st_mode & 0o004:
+        pytest.skip("/etc/shadow is open to all here")
+    pid = case.start(STOP_WATCH + py_hold(_ROOT_FILE_IN_ROOTLESS.replace("FILE", "shadow")))
+    _refused_unstopped(case, pid, r"process \d+ fd 5: /etc/shadow is a file of the host's that its rootless tree's "
+                                  r"user \(uid 1000\) could not open \(root opened it\): restore would refuse it; "
+                                  r"not supported")
+
+
+def test_root_opened_host_file_its_user_could_open_is_dumped(case):
+    """The same tree holding /etc/passwd (open to all): dumped."""
+    from enginecase import STOP_WATCH, py_hold
+    pid = case.start(STOP_WATCH + py_hold(_ROOT_FILE_IN_ROOTLESS.replace("FILE", "passwd")))
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    assert os.path.exists(os.path.join(images, "mntcr.json"))
