@@ -777,6 +777,8 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                      "host_mnts": {e["id"] for ns in view.mntns_doc.values() for e in ns["mounts"]
                                    if view.superblocks[e["sb"]]["external"]}}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}
+    from engine import hostfiles   # (a rootless tree's host files: restore's gate, asked first)
+    gates = hostfiles.Gates()
     used: set[str] = set()
     held: set[str] = set()     # paths of ext_files some fd shows
     complete = True            # every fd was seen
@@ -819,6 +821,9 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                         unplaced.append(({"mnt": info["mnt_id"], "path": target}, pid, f"fd/{n}"))
                     elif kind.placed:
                         _device_outside(pid, n, target, mode, info.get("mnt_id"), view)
+                        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                            hostfiles.check_fd(gates, pid, n, target, info["flags"],
+                                               info.get("mnt_id"), scratch["host_mnts"], view.ns_mounts.get(name, []))
                     if kind.precheck is None:
                         _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
                         continue

@@ -129,6 +129,19 @@ def parse_externals(specs, root: str | None) -> dict[str, str]:
     return out
 
 
+def _searchable(gate, users: dict, d: int) -> bool:
+    """Whether the user of `gate` (userns.host_gate's) may search directory `d` (an O_PATH fd): as
+    that user, or as its namespace's root on a directory of ids the namespace maps (`users`: the
+    image's user namespaces)."""
+    from engine import userns
+    try:
+        with kernel.as_user_for_a_while(*gate[1]):
+            os.close(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=d))   # (a walk's first check)
+        return True
+    except PermissionError:
+        return userns.maps_file(gate[0], users, os.fstat(d))
+
+
 def _open_external(path: str, flags: int) -> int:
     """Open the host file `path` given for an external fd with its dumped `flags`; a FIFO without
     blocking (an open for writing would wait for a reader forever: ENXIO says there is none)."""
@@ -653,6 +666,7 @@ class _Restorer:
         self._ext_by_sb: dict[str, list[dict]] | None = None
         self._child_rel: dict[int, dict[str, int]] = {}  # mount -> {child mount point relative to it: child}
         self._open_as: tuple | None = None   # open_at's gate to the host's files (_opening_for)
+        self._owner_ids: dict = {}   # a rootless tree's owner -> its (uid, gid, groups) (userns.host_gate)
         self._host_mount_ids: frozenset | None = None
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.ext_src: dict[int, int] = {}  # external mount id -> detached clone of its host path
@@ -960,8 +974,10 @@ class _Restorer:
                                                        f"{node['path']}: {err.strerror or err}") from None
 
     def _host_mounts(self) -> frozenset:
-        """The ids of the mounts of the host's files (external ones, or of an external superblock)."""
-        return frozenset(i for i, m in self.mounts.items()
+        """The ids of the mounts of the host's files (external ones, or of an external superblock,
+        detached ones too: a file of such a mount is the host's wherever the image puts it)."""
+        every = itertools.chain(self.mounts.items(), self.detached.items())
+        return frozenset(i for i, m in every
                          if m.get("external") or self.doc["superblocks"][m["sb"]].get("external"))
 
     def _pty_master(self, obj: str, ptmx: dict) -> None:
@@ -1725,7 +1741,9 @@ class _Restorer:
                     best = e
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
-        return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+        rel = rel_to(m["root"], best["root"])
+        self._check_host_root(m, self.ext_src[best["id"]], rel)
+        return self.ext_src[best["id"]], rel
 
     def _own_source(self, m: dict, sb: dict, handler: fs.FsType) -> int:
         """The mount its type makes mount `m` from (`mount_source`: a namespace bound on a file), once per
@@ -2608,18 +2626,42 @@ class _Restorer:
         only as far as that tree's user could (engine/userns.py host_gate), not as root."""
         return self.host_reach(self._open_as)(mnt, lambda: self._open_at(mnt, path, os.O_PATH | os.O_CLOEXEC),
                                               lambda: kernel.open_unblocked(lambda f: self._open_at(mnt, path, f),
-                                                                            flags))
+                                                                            flags),
+                                              lambda: self._dirs_to(mnt, path))
+
+    def _dirs_to(self, mnt: int, path: str) -> list[int]:
+        """O_PATH fds (the caller's) on each directory a walk to `path` on mount `mnt` searches, from
+        the mount's root down to the file's own directory, then the file itself (not followed).
+        PermissionError when a directory on the way is a symlink: the walk would search
+        directories not named here (host_reach grants its fallback on the named ones only)."""
+        parts = [x for x in path.split("/") if x]
+        out: list[int] = []
+        try:
+            for k in range(len(parts) + 1):
+                out.append(self._open_at(mnt, "/".join(parts[:k]), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
+                if k < len(parts) and not stat.S_ISDIR(os.fstat(out[-1]).st_mode):
+                    raise PermissionError(errno.EACCES, "a symlink on the way")
+            if parts and stat.S_ISLNK(os.fstat(out[-1]).st_mode):
+                raise PermissionError(errno.EACCES, "a symlink at the end")
+        except BaseException:
+            for fd in out:
+                os.close(fd)
+            raise
+        return out[:-1]
 
     def host_reach(self, gate):
-        """reach(mnt, at, fn) -> fn(), run as root where `gate` (userns.host_gate's, or None) lets it:
-        on a mount `mnt` of the host, fn runs as the gate's user first; denied that, as root only on
-        a file (an O_PATH fd at()) whose ids the tree's outermost owned user namespace maps."""
+        """reach(mnt, at, fn, dirs=None) -> fn(), run as root where `gate` (userns.host_gate's, or
+        None) lets it: on a mount `mnt` of the host, fn runs as the gate's user first; denied that,
+        as root only on a file (an O_PATH fd at()) whose ids the tree's outermost owned user
+        namespace maps, reached through directories (O_PATH fds dirs(), the mount's root first)
+        each of which the user may search or whose ids it maps too: its root passes a walk's
+        search checks only so (a file of mapped ids in root's 0700 directory stays out of reach)."""
         if gate is None:
-            return lambda mnt, at, fn: fn()
+            return lambda mnt, at, fn, dirs=None: fn()
         from engine import userns
         host, users = self._host_ids(), self.doc.get("userns") or {}
 
-        def reach(mnt, at, fn):
+        def reach(mnt, at, fn, dirs=None):
             if mnt not in host:
                 return fn()
             try:
@@ -2632,8 +2674,84 @@ class _Restorer:
                         raise
                 finally:
                     os.close(fd)
+                if dirs is not None:
+                    try:
+                        walked = dirs()
+                    except PermissionError:
+                        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
+                    try:
+                        if not all(_searchable(gate, users, d) for d in walked):
+                            raise
+                    finally:
+                        for d in walked:
+                            os.close(d)
             return fn()
         return reach
+
+    def _mount_gates(self, m: dict) -> list:
+        """The gates (userns.host_gate's) of the rootless trees that see mount `m`: its namespace's
+        owner's; for a detached mount (no namespace of its own) every process's."""
+        from engine import userns
+        users = self.doc.get("userns") or {}
+        if m["id"] in self.detached:
+            names = {p.get("userns") for p in self.doc["processes"]}
+        else:
+            ns = self.ns_of_mount[m["id"]]
+            names = {self.doc["mntns"][ns].get("owner")} | {p.get("userns") for p in self.doc["processes"]
+                                                           if p["ns"]["mnt"] == ns}
+        gates = (userns.host_gate({"userns": n}, users, self._owner_ids) for n in names if n is not None)
+        return list({g[0]: g for g in gates if g is not None}.values())
+
+    def _check_host_root(self, m: dict, src: int, rel: str) -> None:
+        """Mount `m` of the host's files shows directory `rel` of an external mount (`src`, its clone)
+        to a rootless tree: only when that tree's user could walk to it (each directory above it one
+        it may search, no symlink on the way). A bind of a subdirectory skips the search checks of
+        the directories above it: root's 0700 /root/x would be open to the tree."""
+        self._check_walk(self._mount_gates(m), src, rel,
+                         f"mount {m['id']} ({m.get('mountpoint', 'detached')}): its root {m['root']}")
+
+    def _check_walk(self, gates: list, src: int, rel: str, what: str) -> None:
+        """Refuse (`what` lies beneath...) unless the user of each of `gates` could walk from `src` (an
+        fd on a directory) to `rel` beneath it: each directory above `rel` one it may search."""
+        parts = [x for x in rel.split("/") if x]
+        if not parts:
+            return
+        users = self.doc.get("userns") or {}
+        for gate in gates:
+            for k in range(len(parts)):
+                try:
+                    d = kernel.openat2(src, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                       _BENEATH | kernel.RESOLVE_NO_XDEV)
+                except OSError:
+                    d = None   # (a symlink on the way, or nothing there: not a walk its user could make)
+                try:
+                    ok = d is not None and stat.S_ISDIR(os.fstat(d).st_mode) and _searchable(gate, users, d)
+                finally:
+                    if d is not None:
+                        os.close(d)
+                if not ok:
+                    raise RestoreError(errno.EACCES, f"{what} lies beneath a directory of the host's that its "
+                                                     f"rootless tree's user (uid {gate[1][0]}) may not search")
+
+    def check_host_layer(self, sid: str, sb: dict, layer: dict, rel: str, where: str) -> None:
+        """For a type's `create` hook: refuse superblock `sid`'s layer directory `rel` on mount `layer`
+        when that is a mount of the host's files and a rootless tree sees the superblock, unless the
+        tree's user could make it so: as its own namespace's root (never with root's credentials,
+        which would read and copy up what it may not), through directories it may search."""
+        if layer["id"] not in self._host_ids():
+            return
+        from engine import userns
+        users = self.doc.get("userns") or {}
+        gates = [g for m in itertools.chain(self.mounts.values(), self.detached.values()) if m["sb"] == sid
+                 for g in self._mount_gates(m)]
+        if not gates:
+            return
+        if sb.get("owner") is None or userns.owned_top(sb["owner"], users) is None:
+            raise RestoreError(errno.EACCES, f"{where}: made with root's credentials on a layer of the host's "
+                                             f"mount {layer['id']}, for a rootless tree whose user could not make it")
+        base, root_rel = self.source_of(layer)
+        self._check_walk(gates, base, "/".join(x for x in (root_rel, rel.strip("/")) if x),
+                         f"{where}: its layer directory {rel} on mount {layer['id']}")
 
     def _host_ids(self) -> frozenset:
         if self._host_mount_ids is None:
@@ -2643,7 +2761,7 @@ class _Restorer:
     def _opening_for(self, p: dict | None) -> None:
         """The process whose files open_at opens from now on (None: restore's own)."""
         from engine import userns   # (userns_cr's already)
-        self._open_as = None if p is None else userns.host_gate(p, self.doc.get("userns") or {})
+        self._open_as = None if p is None else userns.host_gate(p, self.doc.get("userns") or {}, self._owner_ids)
 
     def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]

@@ -586,29 +586,46 @@ def uncovered(ranges, have) -> int | None:
     return None
 
 
-def host_gate(p: dict, users: dict) -> tuple[str, tuple[int, int, list[int]]] | None:
+def host_gate(p: dict, users: dict, known: dict | None = None) -> tuple[str, tuple[int, int, list[int]]] | None:
     """(the outermost user namespace a non-root user made, (uid, gid, groups) of that user as the
     host names them) when image process `p` lies beneath such a namespace (a rootless tree), else
     None. Restore reaches the host's files for such a process only as far as that user could
     (engine/restore.py open_at, host_reach): as root it would hand the user a file it could not open
     (an fd on /etc/shadow) or a connection it could not make. The user, not the process's own ids:
     a process may hold what it opened before it dropped them (a log its container's root opened,
-    then setuid to www-data), which its user could open as well."""
-    name, top = p.get("userns"), None
+    then setuid to www-data), which its user could open as well. `known`: owner -> its (uid, gid,
+    groups), kept by the caller for one restore (the user database is read once per owner)."""
+    top = owned_top(p.get("userns"), users)
+    if top is None:
+        return None
+    owner = users[top]["owner"]
+    if known is None:
+        known = {}
+    if owner not in known:
+        known[owner] = user_ids(owner)
+    return top, known[owner]
+
+
+def owned_top(name: str | None, users: dict) -> str | None:
+    """The outermost user namespace at or above image user namespace `name` that a non-root user
+    made, or None (root made them all)."""
+    top = None
     while name is not None:
         if users[name].get("owner"):
             top = name
         name = users[name].get("parent")
-    if top is None:
-        return None
+    return top
+
+
+def user_ids(uid: int) -> tuple[int, int, list[int]]:
+    """(uid, gid, groups) of user `uid` as the host's user database names them (nogroup and no
+    groups for a uid it does not know)."""
     import pwd
-    owner = users[top]["owner"]
     try:
-        ent = pwd.getpwuid(owner)
-        gid, groups = ent.pw_gid, os.getgrouplist(ent.pw_name, ent.pw_gid)
+        ent = pwd.getpwuid(uid)
+        return uid, ent.pw_gid, os.getgrouplist(ent.pw_name, ent.pw_gid)
     except (KeyError, OSError):
-        gid, groups = 65534, []
-    return top, (owner, gid, groups)
+        return uid, NOGROUP, []
 
 
 def maps_file(top: str, users: dict, st: os.stat_result) -> bool:

@@ -66,4 +66,40 @@ if os.fork() == 0:
         signal.pause()
 """)
 
-TREES = {"basic": BASIC, "overlay": OVERLAY, "lazy_umount": LAZY, "fds": FDS, "userns": USERNS}
+# unix sockets with fds in flight (a pipe end and a file sent and not received), a listener's
+# pending connection with bytes sent, an abstract datagram socket
+INFLIGHT = "mount -t tmpfs t /run\n" + py_hold("""
+import socket
+a, b = socket.socketpair(); os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11)
+r, w = os.pipe(); os.write(w, b"queued")
+f = os.open("/run/data", os.O_RDWR | os.O_CREAT, 0o600); os.write(f, b"abc")
+socket.send_fds(a, [b"fds"], [r, f])
+os.close(r); os.close(f); os.dup2(w, 12); os.close(w)
+ls = socket.socket(socket.AF_UNIX); ls.bind("/run/l.sock"); ls.listen(4); os.dup2(ls.fileno(), 13)
+c = socket.socket(socket.AF_UNIX); c.connect("/run/l.sock"); c.send(b"pending")
+os.dup2(c.fileno(), 14)
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind(b"\\0mntcr-fuzz"); os.dup2(d.fileno(), 15)
+""")
+
+# System V IPC: a shared memory segment attached twice (once read-only), one never attached, a
+# message queue with a message, a semaphore set
+SYSVIPC = py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def ok(r):
+    if r == -1 or r == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "ipc")
+    return r
+a = ok(libc.shmget(0x1111, 8192, 0o1600)); ok(libc.shmget(0x2222, 4096, 0o1600))
+kept = [ok(libc.shmat(a, None, 0)), ok(libc.shmat(a, None, 0o10000))]
+ctypes.memmove(kept[0], b"data", 4)
+q = ok(libc.msgget(0x3333, 0o1600))
+class Msg(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 8)]
+ok(libc.msgsnd(q, ctypes.byref(Msg(1, b"hello")), 8, 0))
+ok(libc.semget(0x4444, 3, 0o1600))
+""")
+
+TREES = {"basic": BASIC, "overlay": OVERLAY, "lazy_umount": LAZY, "fds": FDS, "userns": USERNS,
+         "inflight": INFLIGHT, "sysvipc": SYSVIPC}

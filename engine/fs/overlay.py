@@ -335,6 +335,7 @@ def _become_owner(userns_fd: int) -> None:
     """Join the user namespace that made the overlay, in a copy of the yard it owns (fsopen needs
     that), as its root when it maps one: the overlay belongs to it and works on its layers with
     those credentials, as the one dumped did (never with the restorer's)."""
+    os.setgroups([])   # (root's groups would stay with its credentials: a file of group root's open to it)
     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     kernel.unshare(kernel.CLONE_NEWNS)
     try:
@@ -879,6 +880,7 @@ class OverlayType(FsType):
                 if layer is None:
                     raise FsError(errno.EINVAL, f"{where}: its layers at {path} lie on mount {mnt}, which "
                                                 "is not in the image")
+                ctx.check_host_layer(sid, sb, layer, rel, where)   # (a rootless tree's: its user's reach)
                 # The layer directory on the layer's superblock (a detached source, not the attached mount).
                 base, root_rel = ctx.source_of(layer)
                 inner = "/".join(x for x in (root_rel, rel.strip("/")) if x)
