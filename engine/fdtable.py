@@ -95,8 +95,12 @@ class FdTable:
     def finish(self, procs_doc: list[dict]) -> None:
         """Once every fd is dumped: let each kind complete its entries (or refuse), then mark sharing."""
         entries = [e for p in procs_doc for e in p["fds"]]
+        # (directories removed while a process's cwd or root, with their ghosts: what holds them, as
+        # an fd would, for a kind's finish; an inotify watch on one is added through its ghost)
+        held = [{"kind": "held_dir", **{k: p[key][k] for k in ("mnt", "path", "ghost")}} for p in procs_doc
+                for key in ("cwd", "root") if isinstance(p.get(key), dict) and "ghost" in p[key]]
         for name in sorted({e.get("kind", "file") for e in entries}):
-            fds.lookup(name).finish(self.objects, entries)
+            fds.lookup(name).finish(self.objects, entries + held)
         self.mark_shared(procs_doc)
         held = {filelocks.inode_key(dev, ino) for dev, ino in self._inode.values()}
         filelocks.refuse_stopped_waiters([p["pid"] for p in procs_doc], held)

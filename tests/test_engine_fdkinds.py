@@ -661,27 +661,6 @@ for x in (srv, c1, c2): x.close()
         lst.close()
 
 
-def test_unix_fds_in_flight_refused_on_an_accepted_stream_tree_kept(case):
-    """A stream connection accepted from a listener with an fd sent by SCM_RIGHTS and not received
-    yet (an unnamed pair's are kept: tests/test_engine_unix_stream_inflight.py): dump refuses naming
-    the fd and the reason before the stop, and the tree keeps running."""
-    setup = py_hold("""
-import socket
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); srv.bind("/tmp/inflight.sock"); srv.listen()
-a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); a.connect("/tmp/inflight.sock")
-b, _ = srv.accept(); srv.close()
-socket.send_fds(a, [b"fd"], [os.open("/", os.O_RDONLY)])
-os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
-""")
-    pid = case.start(STOP_WATCH + setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd 1[01] \(socket:\[\d+\]\): .*fds in flight", str(err.value)), err.value
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
-
-
 def test_too_much_data_on_a_stream_whose_peer_is_gone_refused_unstopped(case):
     """A stream socket pair, one end written to and closed: the data waits on the other end, whose
     peer is gone. Restore sends it again from the peer it makes (test_engine_unix_dangling.py), up to

@@ -61,3 +61,32 @@ def test_watch_on_a_deleted_file_only_mapped_refused(case):
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert "inotify watch 2 on /d/f, a deleted file no fd of the tree holds open: not supported" in str(err.value)
+
+
+GONE_CWD = py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+os.makedirs("/tmp/w/gone")
+i = libc.inotify_init1(os.O_NONBLOCK)
+assert libc.inotify_add_watch(i, b"/tmp/w/gone", 0x20) == 1   # IN_OPEN
+os.chdir("/tmp/w/gone"); os.rmdir("/tmp/w/gone")   # (in use: no IN_DELETE_SELF, the watch stays)
+os.dup2(i, 10); os.close(i)
+""")
+
+
+def test_watch_on_a_directory_removed_while_the_cwd(case):
+    """A watch on a directory removed while it is the process's cwd (no fd holds it): added again
+    through the ghost of the restored cwd (refused before session 34: "a deleted file no fd of the
+    tree holds open"): an open of the restored cwd reaches it."""
+    state = case.roundtrip(GONE_CWD)[-1]
+    ino = grab_fd(state.pid, 10)
+    try:
+        with open(f"/proc/self/fdinfo/{ino}") as f:
+            watched = [int(x.split(":")[1], 16) for line in f if line.startswith("inotify wd:")
+                       for x in line.split() if x.startswith("ino:")]
+        assert watched == [os.stat(f"/proc/{state.pid}/cwd").st_ino], watched
+        os.close(os.open(f"/proc/{state.pid}/cwd", os.O_RDONLY | os.O_DIRECTORY))
+        wd, mask, _cookie, _n = struct.unpack_from("iIII", os.read(ino, 4096))
+        assert (wd, mask & 0x20) == (1, 0x20)
+    finally:
+        os.close(ino)

@@ -1,6 +1,7 @@
 """Fds in flight (SCM_RIGHTS not received) on a stream socketpair: kept with the queue in segments and
-sent again so (engine/fds/unix_pair.py); on a connection accepted from a listener, or of a kind dump
-does not keep at the queue's head, refused before the tree is stopped."""
+sent again so (engine/fds/unix_pair.py; on a connection accepted from a listener too since session 34:
+tests/test_engine_unix_accepted_inflight.py); of a kind dump does not keep at the queue's head,
+refused before the tree is stopped."""
 
 from __future__ import annotations
 
@@ -46,15 +47,6 @@ def _refused_before_stop(case, body: str, what: str) -> None:
     assert not was_stopped(pid)
 
 
-def test_fds_in_flight_on_an_accepted_connection_refused_before_stop(case):
-    _refused_before_stop(case, """
-import socket
-ls = socket.socket(socket.AF_UNIX); ls.bind("/run/l.sock"); ls.listen(1)
-c = socket.socket(socket.AF_UNIX); c.connect("/run/l.sock"); a, _ = ls.accept()
-socket.send_fds(c, [b"x"], [0]); os.dup2(a.fileno(), 10); os.dup2(c.fileno(), 11)
-""", "on a stream socket that is not an end of a socketpair: not supported")
-
-
 def test_a_socket_in_flight_at_the_head_of_a_pair_refused_before_stop(case):
     _refused_before_stop(case, """
 import socket
@@ -71,7 +63,6 @@ SEG = {"data": "eA==", "fds": [{"kind": "pipe", "flags": 0, "pos": 0, "obj": "pi
 @pytest.mark.parametrize("obj", [
     {"data": ["eA==", ""], "msgs": [[SEG], []]},                       # bytes besides the segments
     {"data": ["", ""], "msgs": [["eA=="], []]},                        # segments without any fds
-    {"data": ["", ""], "msgs": [[SEG], []], "via": {"end": 0, "path": "/run/s"}},   # an accepted connection's
 ])
 def test_validator_refuses_stream_segments_but_with_fds_of_a_socketpair(obj):
     from engine import image

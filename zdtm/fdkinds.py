@@ -198,7 +198,7 @@ def _inet(s: socket.socket) -> str:
         # the tests read them)
     if proto in ("tcp", "udp", "udplite", "ping", "raw"):
         # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
-        opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
+        opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto, inet.unconnected(s, proto)).items()}
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))
         rec = table.get(os.fstat(s.fileno()).st_ino)
         out += f" shutdown={rec['shutdown'] if rec else '?'} uid={rec['uid'] if rec else '?'}"

@@ -184,8 +184,17 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {unsent} bytes not sent yet on the {proto} socket of port "
                                         f"{port} (UDP_CORK): not supported; dump again once the program has sent "
                                         "them (UDP_CORK off, or a send without MSG_MORE)")
-    out["opts"] = inet_opts.read(s, fam, proto)
+    out["opts"] = inet_opts.read(s, fam, proto, unconnected(s, proto))
     return out
+
+
+def unconnected(s: socket.socket, proto: str) -> bool:
+    """Whether inet socket `s` is a TCP listener or a TCP socket never connected: one that shows the
+    options of inet_opts.UNCONNECTED."""
+    if proto != "tcp":
+        return False
+    st = _tcp_info(s)[0]
+    return st == TCP_LISTEN or (st == TCP_CLOSE and not _used(s))
 
 
 def _connection(d, s: socket.socket, out: dict, st: int, host: str, filt, stopped: bool) -> None:

@@ -90,7 +90,13 @@ OPTS = {
     # which buffer sizes are the program's (SO_BUF_LOCK, Linux 5.14: bits 1 send, 2 receive): set last,
     # since setting a size sets its bit too (a lock cleared after a size was set stays cleared)
     "buf_lock": (SOL_SOCKET, 72, "int", None, None),
+    # A TCP listener's (or a socket's not connected yet): the segment size its connections announce
+    # (TCP_MAXSEG reads back the program's while it listens, a connection's own mss_cache once
+    # connected) and the receive window they advertise at most (TCP_WINDOW_CLAMP: a connection's is
+    # TCP's, grown by autotuning). Read on such sockets alone (`unconnected`); lost before session 34.
+    "maxseg": (IPPROTO_TCP, 2, "int", None, ("tcp",)), "window_clamp": (IPPROTO_TCP, 10, "int", None, ("tcp",)),
 }
+UNCONNECTED = ("maxseg", "window_clamp")
 _FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
 # [seconds, µs], [on, seconds], a filter's 32 or 256 bits as 32-bit words
 _STRUCTS = {"timeval": struct.Struct("ll"), "linger": struct.Struct("ii"), "mask1": struct.Struct("I"),
@@ -111,11 +117,12 @@ def _applies(name: str, family: str, proto: str) -> bool:
     return (fams is None or family in fams) and (protos is None or proto in protos)
 
 
-def read(s: socket.socket, family: str, proto: str) -> dict:
-    """{name: value} of the options of OPTS that socket `s` (of `family`, `proto`) has."""
+def read(s: socket.socket, family: str, proto: str, unconnected: bool = False) -> dict:
+    """{name: value} of the options of OPTS that socket `s` (of `family`, `proto`) has; those of
+    UNCONNECTED only when it is `unconnected` (a TCP listener, or one never connected)."""
     out = {}
     for name in OPTS:
-        if _applies(name, family, proto):
+        if _applies(name, family, proto) and (unconnected or name not in UNCONNECTED):
             try:
                 out[name] = _get(s, name)
             except OSError:

@@ -381,7 +381,9 @@ def _drop_dump_events(copy: int, where: str) -> None:
 
 def _finish(objects: dict, entries: list[dict]) -> None:
     """A watch on a file unlinked since: on the ghost of an fd of the tree on that file (same mount
-    and path), which restore recreates; refused when no fd holds it (nothing to watch at restore)."""
+    and path), or of a directory removed while a process's cwd or root (`entries` has those too:
+    kind held_dir, FdTable.finish), which restore recreates; refused when nothing holds it
+    (nothing to watch at restore)."""
     held = {(e["mnt"], e["path"]): e["ghost"] for e in entries if e.get("ghost") and "mnt" in e and "path" in e}
     for e in entries:
         for w in e.get("watches") or () if e.get("kind") == "inotify" else ():

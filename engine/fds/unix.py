@@ -30,13 +30,15 @@ mount by a /proc magic link, or by the abstract name.
 A pending connection whose client is gone (sock_diag names it 0) is made again from a fresh
 client that connects, sends what the gone one had and closes.
 
-Fds in flight on a stream pair (socketpair(2)) are kept with its queue in segments, each ending
-with the bytes that carried fds (a peek with a peek offset stops there), and sent again so. A
-pair's own ends in flight on it are sent again as the new pair's ends (unix_queue.PAIR_END); any
-other socket in flight is refused.
+Fds in flight on a stream pair (socketpair(2), or a connection accepted from a listener) are kept
+with its queue in segments, each ending with the bytes that carried fds (a peek with a peek offset
+stops there), and sent again so. A pair's own ends in flight on it are sent again as the new
+pair's ends (unix_queue.PAIR_END); any other socket in flight is refused. An accepted connection's
+queues are sent again once its first end is opened (`_fill_late`: the fds in flight are files the
+tree's processes open), the connection itself made before any fd (unix_pair.prepare).
 
-Not done yet (refused at dump): fds in flight on a listener or on a stream that is not an unnamed
-pair's end (a connection accepted from a listener), other kinds in flight,
+Not done yet (refused at dump): fds in flight on a listener or on a stream whose peer is not its
+own, other kinds in flight,
 data a pending connection's client already sent, or any pending connection whose client is gone,
 when the tree keeps running (--leave-running: only accept() reads it), a datagram queued on a named socket from a sender name no socket of the
 tree holds, a connection to a named socket outside the tree, and a path name whose file is only on
@@ -132,13 +134,14 @@ def case_of(k: Sock) -> tuple[str, object]:
     d, s = k.d, k.s
     k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
     listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    if k.inflight and (listening or (k.typ == socket.SOCK_STREAM and not _unnamed_pair(k))):
+    if k.inflight and (listening or (k.typ == socket.SOCK_STREAM and not _a_pair(k))):
         # fds passed with SCM_RIGHTS and not received yet in a listener's pending connections, or
-        # on a stream that is not an end of an unnamed pair (socketpair(2): its queue is peeked in
-        # segments, each ending with the bytes that carried fds, unix_pair.dump_end).
+        # on a stream that is not an end of a pair (socketpair(2) or a connection accepted from a
+        # listener: its queue is peeked in segments, each ending with the bytes that carried fds,
+        # unix_pair.dump_end).
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k.inflight} fds in flight (SCM_RIGHTS not yet received) "
                                         f"on a {'listening' if listening else 'stream'} socket"
-                                        f"{'' if listening else ' that is not an end of a socketpair'}: "
+                                        f"{'' if listening else ' whose peer is not its own'}: "
                                         "not supported")
     if listening:
         return "listener", None
@@ -164,15 +167,10 @@ def case_of(k: Sock) -> tuple[str, object]:
     return ("pair" if k.peer else "alone"), None
 
 
-def _unnamed_pair(k: Sock) -> bool:
-    """Is `k` one end of a pair whose ends have no name (socketpair(2), not a connection accepted
-    from a listener, whose accepted end bears the listener's name)?"""
-    if not k.mutual or k.named or k.peer_netns != k.netns:
-        return False
-    try:
-        return not unix_bind.name_of(k.s.getpeername())
-    except OSError:
-        return False
+def _a_pair(k: Sock) -> bool:
+    """Is `k` one end of a pair of the tree's network namespace whose peer's peer is it
+    (socketpair(2), or a connection accepted from a listener)?"""
+    return k.mutual and k.peer_netns == k.netns
 
 
 def _dump_one(d) -> dict:
@@ -551,6 +549,8 @@ def _open(r: RestoreFd) -> int:
                 for x in sent:
                     os.close(x)
             r.keep.extend(st)
+        elif unix_pair.late(r.objects[e["obj"]]) and not r.state.get(f"{e['obj']}:filled"):
+            _fill_late(r, e["obj"], st)
         fd = os.dup(st[e["end"]])
         if "path" in e or "abstract" in e:
             # A datagram pair end bound to a name of its own: bound again by its holder.
@@ -605,6 +605,20 @@ def _open(r: RestoreFd) -> int:
     if e.get("shut"):
         _shut_late(r, fd, e["shut"])
     return fd
+
+
+def _fill_late(r: RestoreFd, key: str, ends: list[int]) -> None:
+    """Queue on the pair `key` (an accepted connection made by unix_pair.prepare, our fds `ends`)
+    what waited on it, with its fds in flight, opened now (unix_pair.late): by the stand-in of the
+    first of its ends opened."""
+    obj = r.objects[key]
+    sent = unix_queue.open_inflight(r, [m for q in obj.get("msgs") or () for m in q])
+    try:
+        r.standin("fill", unix_pair.late_spec(obj), list(ends) + sent)
+    finally:
+        for x in sent:
+            os.close(x)
+    r.state[f"{key}:filled"] = True
 
 
 def _shut_late(r: RestoreFd, fd: int, bits: int) -> None:
@@ -768,4 +782,5 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 check=unix_check.check, check_object=unix_check.check_object, fields=unix_check.FIELDS,
                 ids=unix_check.listener_ids, prepare=unix_pair.prepare,
                 standin={"make": _make, "bind": _bind_in, "listen": _listen, "via": unix_pair.via_in,
+                         "fill": unix_pair.fill_in,
                          "deliver": unix_backlog.deliver_in, "reach": _reach_in}))

@@ -268,7 +268,7 @@ def check_object(obj: dict, what: str) -> None:
     if msgs is not None:
         # (a stream pair's queue in segments only when fds were in flight on it: then no bytes besides)
         if not isinstance(msgs, list) or len(msgs) != 2 or (obj["type"] == "stream" and (
-                any(obj["data"]) or "via" in obj or not any(isinstance(m, dict) for q in msgs
+                any(obj["data"]) or not any(isinstance(m, dict) for q in msgs
                                                             if isinstance(q, list) for m in q))):
             _fail(f"{what}: bad queued messages of a socket pair")
         for q in msgs:

@@ -38,9 +38,6 @@ def dump_end(k) -> None:
         if o.get("via", {}).get("end", end) != end or unix_bind.MAGIC.match(out.get("path", "")):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
                                             "named, or named through /proc: not supported")
-        if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
-                                            "listener: not supported")
         o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
         for key in ("path", "abstract"):
             out.pop(key, None)
@@ -62,9 +59,6 @@ def dump_end(k) -> None:
             if k.inflight or unix_queue.waiting(s, k.c) else []
         if msgs or k.inflight:
             o.setdefault("msgs", [[], []])[end] = msgs
-        if k.inflight and "via" in o:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
-                                            "listener: not supported")
         _hidden(d, obj, end, s.type, msgs, unix_queue.outq(k.c))
     if "msgs" in o:
         # (the mounts of the files in flight on either end: restore opens them)
@@ -105,6 +99,8 @@ def settle(objects: dict) -> None:
     file from another namespace: both ends are the client's namespace's) is made by the holder of
     the client end (`via["maker"]`), through a listener bound aside; drops the dump's bookkeeping."""
     for key, o in objects.items():
+        if key.startswith("unixpair-"):
+            _as_segments(o)
         home = o.pop("_home", None) if key.startswith("unixpair-") else None
         via = o.get("via")
         if home is None or via is None or home[via["end"]]:
@@ -113,6 +109,23 @@ def settle(objects: dict) -> None:
             raise FdError(errno.EOPNOTSUPP, f"{key}: a connected unix socket pair held only by processes of other "
                                             "network namespaces than its own: not supported")
         via["maker"] = 1 - via["end"]
+
+
+def _as_segments(o: dict) -> None:
+    """A stream pair with fds in flight towards one end and bytes alone towards the other (dumped
+    as its `data`): those bytes as segments too, the image's one form of a stream queue with fds in
+    flight (an image of both was refused at dump, after the stop, as one restore would refuse)."""
+    if o.get("type") != "stream" or "msgs" not in o:
+        return
+    for end, data in enumerate(o["data"]):
+        if data:
+            raw = binascii.a2b_base64(data)
+            o["msgs"][end] = [binascii.b2a_base64(raw[i:i + SEGMENT], newline=False).decode()
+                              for i in range(0, len(raw), SEGMENT)]
+            o["data"][end] = ""
+
+
+SEGMENT = 1 << 17   # (the most a segment of an image holds: unix_check._check_msgs)
 
 
 def prepare(key: str, obj: dict, holders: list, call):
@@ -129,11 +142,46 @@ def prepare(key: str, obj: dict, holders: list, call):
             **{k: via[k] for k in ("path", "abstract") if k in via}}
     if maker != via["end"]:
         spec["aside"] = True   # (the client's holder: the name may lead nowhere in its mount namespace)
+    if late(obj):
+        spec["late"] = True
     return call(chan, "via", spec)
 
 
+def late(obj: dict) -> bool:
+    """Whether pair `obj`, connected through a listener's name, has fds in flight: its queues are
+    then sent again once its first end is opened (unix.py `_fill_late`), when the files in flight
+    (the tree's) can be, not by `prepare`, which makes the connection before any fd."""
+    return "via" in obj and any(isinstance(m, dict) for q in obj.get("msgs") or () for m in q)
+
+
+def late_spec(obj: dict) -> dict:
+    """What `fill_in` queues on pair `obj` made by `prepare` without it (`late`): its queues, and
+    the shutdowns its client end was not made with (early_shut)."""
+    spec = {"type": obj["type"], "data": obj["data"], "msgs": obj.get("msgs"), "shut": obj.get("shut")}
+    return _after_connect(spec, obj["via"]["end"])
+
+
+def _after_connect(spec: dict, accepted: int) -> dict:
+    """`spec` with the shutdowns left to make once the client end of its pair (the peer of end
+    `accepted`) connected shut down in early_shut's directions."""
+    pre = early_shut(spec.get("shut"), accepted)
+    if not pre:
+        return spec
+    shut = list(spec["shut"])
+    shut[1 - accepted] &= ~pre
+    return {**spec, "shut": shut}
+
+
+def fill_in(spec, fds):
+    """In the stand-in: queue on the pair whose ends are fds[0], fds[1] what `spec` (late_spec's)
+    says, the fds in flight from fds[2:] (the received fds are the stand-in's to close)."""
+    fill(list(fds[:2]), spec, fds[2:])
+    return None, []
+
+
 def via_in(spec, fds):
-    """In the stand-in: a connection through a temporary listener at the dumped name."""
+    """In the stand-in: a connection through a temporary listener at the dumped name (what waits on
+    it queued too, unless it is `late`)."""
     t = unix_diag.TYPE_NO[spec["type"]]
     name = b"\0" + binascii.a2b_base64(spec["abstract"]) if "abstract" in spec else spec["path"]
     pre = early_shut(spec.get("shut"), spec["accepted"])
@@ -143,11 +191,9 @@ def via_in(spec, fds):
         a, c = _accept_at(t, name, pre)
     ends = [None, None]
     ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
-    if pre:
-        shut = list(spec["shut"])
-        shut[1 - spec["accepted"]] &= ~pre
-        spec = {**spec, "shut": shut}
-    return None, fill(ends, spec, fds)
+    if spec.get("late"):
+        return None, ends
+    return None, fill(ends, _after_connect(spec, spec["accepted"]), fds)
 
 
 def early_shut(shut, accepted: int) -> int:
