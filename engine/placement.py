@@ -107,6 +107,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
+        status = kernel.read_process_status(pid)   # (the tree is stopped: one read for the five below)
         entry = {
             "pid": pid, "ppid": ppid,
             "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
@@ -114,11 +115,11 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **zombies.pidns_children(pid, ns_of[pid]["pid"], names, dead),
             "fds": [],
             "comm": kernel.read_comm(pid),
-            "caps": kernel.read_caps(pid),
-            **kernel.read_fs_bits(pid),
-            **kernel.read_ignored_signals(pid),
-            **thp.read(pid),
-            **kernel.read_blocked_signals(pid),
+            "caps": kernel.read_caps(pid, status),
+            **kernel.read_fs_bits(pid, status),
+            **kernel.read_ignored_signals(pid, status),
+            **thp.read(pid, status),
+            **kernel.read_blocked_signals(pid, status),
             "rlimits": kernel.read_rlimits(pid),
         }
         try:
