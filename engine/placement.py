@@ -107,7 +107,6 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
-        status = kernel.read_process_status(pid)   # (the tree is stopped: one read for the five below)
         entry = {
             "pid": pid, "ppid": ppid,
             "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
@@ -115,7 +114,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **zombies.pidns_children(pid, ns_of[pid]["pid"], names, dead),
             "fds": [],
             "comm": kernel.read_comm(pid),
-            "caps": kernel.read_caps(pid, status),
+            "caps": kernel.read_caps(pid, status := kernel.read_process_status(pid)),   # (stopped: 1 read, 5 uses)
             **kernel.read_fs_bits(pid, status),
             **kernel.read_ignored_signals(pid, status),
             **thp.read(pid, status),
