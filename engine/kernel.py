@@ -837,36 +837,50 @@ def cap_names(mask: int) -> list[str]:
     return [f"cap_{CAP_NAMES[b]}" if b < len(CAP_NAMES) else f"cap_{b}" for b in range(mask.bit_length()) if mask >> b & 1]
 
 
-def read_caps(pid: int) -> dict[str, int]:
-    """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks."""
-    got = proc_status(pid, {"Cap" + s.capitalize() for s in CAP_SETS})
-    return {k[3:].lower(): int(v, 16) for k, v in got.items()}
+_CAP_KEYS = tuple("Cap" + s.capitalize() for s in CAP_SETS)
+# The /proc/PID/status lines dump reads of every stopped process (read_caps, read_fs_bits,
+# read_ignored_signals, read_blocked_signals, thp.read): read_process_status reads them at once.
+PROCESS_KEYS = (*_CAP_KEYS, "Umask", "NoNewPrivs", "SigIgn", "SigBlk", "THP_enabled")
 
 
-def read_fs_bits(pid: int) -> dict:
-    """{"umask": its umask, "no_new_privs": True when set} of `pid` (/proc/PID/status)."""
-    got = proc_status(pid, {"Umask", "NoNewPrivs"})
+def read_process_status(pid: int) -> dict[str, str]:
+    """PROCESS_KEYS' lines of /proc/PID/status in one read, for the read_* functions' `got`: one read
+    of a stopped process instead of one each (5 a process a dump)."""
+    return proc_status(pid, PROCESS_KEYS)
+
+
+def read_caps(pid: int, got: dict[str, str] | None = None) -> dict[str, int]:
+    """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks;
+    from `got` (read_process_status's) when given."""
+    got = proc_status(pid, _CAP_KEYS) if got is None else got
+    return {k[3:].lower(): int(got[k], 16) for k in _CAP_KEYS if k in got}   # (the file's order)
+
+
+def read_fs_bits(pid: int, got: dict[str, str] | None = None) -> dict:
+    """{"umask": its umask, "no_new_privs": True when set} of `pid` (/proc/PID/status; `got`: as read_caps)."""
+    got = proc_status(pid, {"Umask", "NoNewPrivs"}) if got is None else got
     out = {"umask": int(got["Umask"], 8)} if "Umask" in got else {}
     if got.get("NoNewPrivs", "").strip() == "1":
         out["no_new_privs"] = True
     return out
 
 
-def read_ignored_signals(pid: int) -> dict:
-    """{"sig_ignored": mask} of `pid` (/proc/PID/status SigIgn; bit n-1 is signal n), when not empty."""
-    got = proc_status(pid, {"SigIgn"})
+def read_ignored_signals(pid: int, got: dict[str, str] | None = None) -> dict:
+    """{"sig_ignored": mask} of `pid` (/proc/PID/status SigIgn; bit n-1 is signal n), when not empty
+    (`got`: as read_caps)."""
+    got = proc_status(pid, {"SigIgn"}) if got is None else got
     mask = int(got["SigIgn"], 16) if "SigIgn" in got else 0
     return {"sig_ignored": mask} if mask else {}
 
 
-def read_blocked_signals(pid: int) -> dict:
+def read_blocked_signals(pid: int, got: dict[str, str] | None = None) -> dict:
     """{"sig_blocked": mask} of `pid`'s main thread (/proc/PID/status SigBlk), when not empty: what
     tini, dumb-init and catatonit block for good (they take signals by sigtimedwait or a
     signalfd), so that a stand-in without it would die of a SIGTERM they hold pending. Read with
     the tree stopped: the stop ended a sigtimedwait, which blocks less while it waits. (A process
     in sigsuspend, ppoll or pselect shows the mask of its wait until it returns: that one is
-    kept, as a moment's mask of a shell forking a job would be.)"""
-    got = proc_status(pid, {"SigBlk"})
+    kept, as a moment's mask of a shell forking a job would be.) `got`: as read_caps."""
+    got = proc_status(pid, {"SigBlk"}) if got is None else got
     mask = int(got["SigBlk"], 16) if "SigBlk" in got else 0
     return {"sig_blocked": mask} if mask else {}
 

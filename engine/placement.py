@@ -114,11 +114,11 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **zombies.pidns_children(pid, ns_of[pid]["pid"], names, dead),
             "fds": [],
             "comm": kernel.read_comm(pid),
-            "caps": kernel.read_caps(pid),
-            **kernel.read_fs_bits(pid),
-            **kernel.read_ignored_signals(pid),
-            **thp.read(pid),
-            **kernel.read_blocked_signals(pid),
+            "caps": kernel.read_caps(pid, status := kernel.read_process_status(pid)),   # (stopped: 1 read, 5 uses)
+            **kernel.read_fs_bits(pid, status),
+            **kernel.read_ignored_signals(pid, status),
+            **thp.read(pid, status),
+            **kernel.read_blocked_signals(pid, status),
             "rlimits": kernel.read_rlimits(pid),
         }
         try:

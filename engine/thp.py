@@ -18,10 +18,13 @@ _PR_SET_THP_DISABLE = 41
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def read(pid: int) -> dict:
-    """{"thp_disable": True} when `pid` has THP disabled (nothing on a kernel without the field)."""
-    from engine import kernel
-    got = kernel.proc_status(pid, {"THP_enabled"}).get("THP_enabled", "").strip()
+def read(pid: int, status: dict[str, str] | None = None) -> dict:
+    """{"thp_disable": True} when `pid` has THP disabled (nothing on a kernel without the field);
+    from `status` (kernel.read_process_status's) when given."""
+    if status is None:
+        from engine import kernel
+        status = kernel.proc_status(pid, {"THP_enabled"})
+    got = status.get("THP_enabled", "").strip()
     return {"thp_disable": True} if got == "0" else {}
 
 
