@@ -87,8 +87,13 @@ class Channel:
         shrink and unmap 4 MiB for every message (3 syscalls and a page fault each; a small
         restore receives ~20). Private: a forked child's writes never reach the parent's copy."""
         import mmap   # (loaded by dump and restore already: engine.threads, engine.mappings)
-        self._buf = mmap.mmap(-1, _MAX_MSG, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        return self._buf
+        buf = mmap.mmap(-1, _MAX_MSG, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:   # (where THP is "always", a first message would fault in, zero and keep a 2 MiB page)
+            buf.madvise(mmap.MADV_NOHUGEPAGE)
+        except OSError:
+            pass   # (EINVAL: a kernel without THP)
+        self._buf = buf
+        return buf
 
     def ready(self) -> bool:
         """Whether a message (or the peer's end) is waiting: recv() would not block."""
