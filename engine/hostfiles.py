@@ -93,7 +93,10 @@ def check_fd(gates: Gates, pid: int, n: str, target: str, flags: int, mnt_id: in
     covered, the file gone): dump tells once stopped, restore decides."""
     if mnt_id is None or mnt_id not in host_mnts or not target.startswith("/"):
         return
-    gate = gates.of(pid)
+    try:
+        gate = gates.of(pid)
+    except OSError:
+        return   # (gone meanwhile: dump tells, once the tree is stopped)
     if gate is None:
         return
     m = next((m for m in mounts if m.mnt_id == mnt_id), None)
@@ -115,4 +118,4 @@ def check_fd(gates: Gates, pid: int, n: str, target: str, flags: int, mnt_id: in
     if not ok:
         raise FdError(errno.EACCES, f"process {pid} fd {n}: {target} is a file of the host's that its rootless "
                                     f"tree's user (uid {gate[1][0]}) could not open (root opened it): restore would "
-                                    "refuse it; not supported")
+                                    "refuse it; declare it --external file[PATH]:KEY, or have the tree open it as its user")

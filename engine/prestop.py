@@ -98,6 +98,7 @@ class View:
         self.pidns_name: dict[int, str] = {}
         self.kept: dict = {}                             # ns name -> nscopy.Kept that read its unique ids
         self.ext_devs: set[str] = set()                  # "MAJ:MIN" of the devices declared --external dev[]
+        self.sb_owners: dict[str, str] = {}              # sb id -> the tree's user namespace owning it (_check_sb_owners)
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
@@ -554,19 +555,20 @@ def _check_sb_owners(view: View, tree, users: dict | None) -> None:
     """Which user namespace of the tree owns each superblock a path reaches, probed as dump probes
     it (engine/userns_cr.record_sb_owners refuses one restore cannot make there: a type made by its
     own hook, as fuse); superblocks only a clone reaches are left to dump. Only for a tree with
-    user namespaces of its own; the owners found are not kept (a copy of the records is given)."""
+    user namespaces of its own; the owners found go to `view.sb_owners` (the records stay as read)."""
     if not users or not users["userns"]:
         return
     for name, pids in view.ns_pids.items():
         if not pids or name not in view.ns_mounts:
             continue
+        copies = {sid: dict(sb) for sid, sb in view.superblocks.items()}
         try:
-            userns_cr.record_sb_owners(pids[0], view.ns_mounts[name], view.sb_of_dev,
-                                       {sid: dict(sb) for sid, sb in view.superblocks.items()}, tree, users)
+            userns_cr.record_sb_owners(pids[0], view.ns_mounts[name], view.sb_of_dev, copies, tree, users)
         except userns_cr.UsernsError:
             raise
         except (OSError, forkrun.ChildError):
             continue   # (a process gone meanwhile: dump probes, once the tree is stopped)
+        view.sb_owners.update({sid: sb["owner"] for sid, sb in copies.items() if sb.get("owner")})
 
 
 def _check_probes(view: View, pids: list[int], names: dict) -> None:
@@ -1048,6 +1050,6 @@ def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View, held: 
     mountrules.deleted_file(where, None if sid is None else view.superblocks[sid], mode)
     _ghost_attrs(where, f"/proc/{held[0]}/{held[1]}", view.superblocks[sid])
     if m is not None and stat.S_ISDIR(mode):
-        sb = view.superblocks[sid]
+        sb = {**view.superblocks[sid], "owner": view.sb_owners.get(sid)}   # (as dump's records have it)
         fs.lookup(sb["fstype"]).deleted_dir(where, sb, *held, ghosts.sb_path(m.root, m.mountpoint,
                                                                               kernel.undeleted(target)[0]))

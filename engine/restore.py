@@ -2647,7 +2647,8 @@ class _Restorer:
             for fd in out:
                 os.close(fd)
             raise
-        return out[:-1]
+        os.close(out.pop())   # (the file's own: opened to see it is no symlink; the walk's are the rest)
+        return out
 
     def host_reach(self, gate):
         """reach(mnt, at, fn, dirs=None) -> fn(), run as root where `gate` (userns.host_gate's, or

@@ -771,18 +771,6 @@ def _clear_volatile_mark(sb: dict, ctx) -> None:
         os.close(fd)
 
 
-def _made_in_userns(pid: int) -> bool:
-    """Whether the mount namespace of `pid` belongs to a user namespace other than the initial one
-    (so do the overlays made in it, which a process of that namespace mounted: trusted xattrs are
-    refused to them)."""
-    from engine import userns   # (dump only, and only for a removed directory)
-    fd = userns.ns_owner_fd(f"/proc/{pid}/ns/mnt")
-    try:
-        return os.fstat(fd).st_ino != kernel.PROC_USER_INIT_INO
-    finally:
-        os.close(fd)
-
-
 @record(frozen=True)
 class OverlayType(FsType):
     """overlayfs: layers recorded as (mount, path) at dump, a yard of layer clones at restore."""
@@ -830,11 +818,14 @@ class OverlayType(FsType):
     def deleted_dir(self, where: str, sb: dict, pid: int, link: str, sb_path: str) -> None:
         """A directory removed while in use is made again through the overlay (engine/ghosts.py): a
         mkdir over the whiteout its removal left, when it was a lower layer's, which the overlay must
-        mark opaque. An overlay a user namespace made without userxattr sets no such xattr (trusted.*
+        mark opaque. An overlay a user namespace of the image owns (`owner`), made without userxattr, sets no such xattr (trusted.*
         needs the initial namespace's CAP_SYS_ADMIN): restore would fail (EIO). Refused when the upper
         layer, seen at its option's path from the process's root, has a whiteout at that name, or cannot
         be looked at."""
-        if "userxattr" in sb["super_opts"] or not _made_in_userns(pid):
+        if "userxattr" in sb["super_opts"] or not sb.get("owner"):
+            # (restore makes an overlay no user namespace of the image owns as root of the initial
+            # one, which sets trusted xattrs: a container's mount namespace in a user namespace says
+            # nothing of who mounted its overlay)
             return
         upper = [p for key, p in layer_paths(sb["super_opts"]) if key == "upperdir"]
         if not upper:
