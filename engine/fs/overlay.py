@@ -833,8 +833,11 @@ class OverlayType(FsType):
         needs the initial namespace's CAP_SYS_ADMIN): restore would fail (EIO). Refused when the upper
         layer, seen at its option's path from the process's root, has a whiteout at that name, or cannot
         be looked at."""
-        if "userxattr" in sb["super_opts"] or not _made_in_userns(pid):
-            return
+        try:
+            if "userxattr" in sb["super_opts"] or not _made_in_userns(pid):
+                return
+        except OSError:
+            return   # (gone meanwhile, before the stop: dump asks again once the tree is stopped)
         upper = [p for key, p in layer_paths(sb["super_opts"]) if key == "upperdir"]
         if not upper:
             return   # (a read-only overlay: nothing of it was removed)
