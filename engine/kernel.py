@@ -680,7 +680,6 @@ class _Statfs(ctypes.Structure):
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 OVERLAYFS_MAGIC = 0x794C7630
-PROC_USER_INIT_INO = 0xEFFFFFFD   # the initial user namespace's inode (include/linux/proc_ns.h)
 
 
 def fstatfs_type(fd: int) -> int:

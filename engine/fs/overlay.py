@@ -818,10 +818,10 @@ class OverlayType(FsType):
     def deleted_dir(self, where: str, sb: dict, pid: int, link: str, sb_path: str) -> None:
         """A directory removed while in use is made again through the overlay (engine/ghosts.py): a
         mkdir over the whiteout its removal left, when it was a lower layer's, which the overlay must
-        mark opaque. An overlay a user namespace of the image owns (`owner`), made without userxattr, sets no such xattr (trusted.*
-        needs the initial namespace's CAP_SYS_ADMIN): restore would fail (EIO). Refused when the upper
-        layer, seen at its option's path from the process's root, has a whiteout at that name, or cannot
-        be looked at."""
+        mark opaque. An overlay a user namespace of the image owns (`owner`), made without userxattr,
+        sets no such xattr (trusted.* needs the initial namespace's CAP_SYS_ADMIN): restore would fail
+        (EIO). Refused when the upper layer, seen at its option's path from the process's root, has a
+        whiteout at that name, or cannot be looked at."""
         if "userxattr" in sb["super_opts"] or not sb.get("owner"):
             # (restore makes an overlay no user namespace of the image owns as root of the initial
             # one, which sets trusted xattrs: a container's mount namespace in a user namespace says
