@@ -113,10 +113,12 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
             # tar shows the directories those mounts sit on as their roots: what they hold, and
             # their own modes, owners and times, come from other mounts that show them (binds).
             views = _covered_views(m, o_children.get(m.mnt_id, ()), same_sb(m), to_copy, top_path) if report else []
-            if views:
-                chan.send(("beneath", m.mnt_id if as_id is None else as_id, [rel for rel, _ in views]),
-                          [vfd for _, vfd in views])
-                for _, vfd in views:
+            # (in parts: a message carries at most channel.MAX_FDS fds, a mount may cover more)
+            for k in range(0, len(views), channel.MAX_FDS):
+                part = views[k:k + channel.MAX_FDS]
+                chan.send(("beneath", m.mnt_id if as_id is None else as_id, [rel for rel, _ in part]),
+                          [vfd for _, vfd in part])
+                for _, vfd in part:
                     os.close(vfd)
         pending.append((m.mnt_id if as_id is None else as_id, fd))
         send()
@@ -468,7 +470,7 @@ def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=()
                 for vfd in fds:
                     os.close(vfd)
             else:
-                beneath[msg[1]] = list(zip(msg[2], fds))
+                beneath.setdefault(msg[1], []).extend(zip(msg[2], fds))
             continue
         if isinstance(msg, tuple) and msg[0] == "locked":
             left.update(msg[1])

@@ -219,7 +219,7 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
                 view.partial.add(name)   # (its mountinfo leaves out the mounts outside its root)
         except OSError:
             view.partial.add(name)
-    _fd_room(view)
+    _fd_room(view, set(owners or ()))
     try:
         # (locks first: the detached-mount check opens files on the running tree, which breaks a
         # write lease this refuses)
@@ -264,22 +264,34 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
 FD_MARGIN = 64
 
 
-def _fd_room(view: View) -> None:
+def _fd_room(view: View, owned: set[str]) -> None:
     """Dump may hold an fd on each clone it makes once the tree is stopped (archives, ghosts, probes:
     `clones_of`, engine/nscopy.py stream): raise our soft RLIMIT_NOFILE to what they need where the
     tree has more than the soft one allows (as a shell's `ulimit -n` of 1024 under a hard 524288),
     and refuse, before the stop, where the hard one does not allow them either. (Not to the hard one:
     tar and the other programs dump runs inherit it.) Mounts dump clones none of (binds within one
-    archived root, external ones, types neither archived nor probed) are not counted."""
+    archived root, external ones, types neither archived nor probed) are not counted; the covered
+    directories' views an archived mount of a namespace of `owned` (which user namespaces of the
+    tree own) may bring are, at most one for each mount on it."""
     import resource
     mounts_of_sb: dict[str, list[dict]] = {}
-    for ns in view.mntns_doc.values():
+    in_owned: set[int] = set()
+    for name, ns in view.mntns_doc.items():
         for e in ns["mounts"]:
             mounts_of_sb.setdefault(e["sb"], []).append(e)
-    parents = {e.get("parent") for es in mounts_of_sb.values() for e in es}
-    clones = sum(len(clones_of({**view.superblocks[sid], "external": view.superblocks[sid]["external"]
-                                and sid not in view.unsure}, es, parents))
-                 for sid, es in mounts_of_sb.items())
+            if name in owned:
+                in_owned.add(e["id"])
+    kids: dict = {}
+    for es in mounts_of_sb.values():
+        for e in es:
+            kids[e.get("parent")] = kids.get(e.get("parent"), 0) + 1
+    clones = 0
+    for sid, es in mounts_of_sb.items():
+        sb = {**view.superblocks[sid], "external": view.superblocks[sid]["external"] and sid not in view.unsure}
+        for why, e in clones_of(sb, es, set(kids)):
+            # (an archived mount in a namespace a user namespace owns comes with a view of each
+            # directory its children cover, nscopy._covered_views: at most one a child)
+            clones += 1 + (kids.get(e["id"], 0) if why == "archive" and e["id"] in in_owned else 0)
     need = clones + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 
-from enginecase import STOP_WATCH, case, mntcr, was_stopped  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, case, mntcr, py_hold, was_stopped  # noqa: F401  (fixture)
 
 # proc mounts: one superblock each, each probed before the stop and once stopped (its pid namespace)
 MOUNTS = 300
@@ -61,3 +61,32 @@ def test_many_binds_of_one_tmpfs_dumped_under_a_hard_fd_limit_below_their_count(
     assert len(shown) == MOUNTS, len(shown)
     with open(f"/proc/{new}/root/run/b/{MOUNTS - 1}/f") as f:
         assert f.read() == f"{MOUNTS - 1}\n"
+
+
+# In a user namespace's copy of the mounts, COVERS binds of one tmpfs's files lie on directories of
+# another tmpfs, locked there: dump's clone of it brings them along, and takes each covered directory
+# from the bind of `sub`, which shows it uncovered (engine/nscopy.py _covered_views): one fd a cover.
+COVERS = 300
+COVERED = STOP_WATCH + f"""mkdir /run/t /run/o /run/u; mount -t tmpfs t /run/t; mount -t tmpfs o /run/o
+i=0; while [ $i -lt {COVERS} ]; do mkdir -p /run/t/sub/d$i /run/o/$i; echo $i > /run/t/sub/d$i/f; i=$((i+1)); done
+mount --bind /run/t/sub /run/u
+i=0; while [ $i -lt {COVERS} ]; do mount --bind /run/o/$i /run/t/sub/d$i; i=$((i+1)); done
+""" + py_hold("import ctypes\nassert ctypes.CDLL(None).unshare(0x10000000 | 0x00020000) == 0\n")
+
+
+def test_covered_directories_views_counted_before_the_stop(case):
+    """COVERS locked covers of one archived tmpfs's directories in a user namespace's mount namespace,
+    dumped under a hard RLIMIT_NOFILE of 200: each covered directory's view is an fd dump holds once
+    stopped, so the tree is refused before the stop, naming the limit (the count once left them out)."""
+    pid = case.start(COVERED, timeout=180)
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *EXTERNALS, wrap=("prlimit", "--nofile=200"), timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: dump clones \d+ mounts of the tree and may hold an fd on each, beyond its "
+                        r"RLIMIT_NOFILE of 200 \(hard\): raise it to \d+ at least .*\n", r.stderr), r.stderr
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    r = mntcr("dump", "-t", str(pid), "-D", images, *EXTERNALS, wrap=("prlimit", "--nofile=1000"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    new = case.restore(images)
+    with open(f"/proc/{new}/root/run/u/d{COVERS - 1}/f") as f:
+        assert f.read() == f"{COVERS - 1}\n"
