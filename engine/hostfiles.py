@@ -14,8 +14,9 @@ import errno
 import os
 import stat
 
-from engine import kernel, userns
+from engine import fs, kernel, userns
 from engine.fds import FdError
+from engine.image import is_beneath, rel_to
 
 _WALK = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_MAGICLINKS
 _ACCESS = {os.O_RDONLY: os.O_RDONLY, os.O_WRONLY: os.O_WRONLY, os.O_RDWR: os.O_RDWR}
@@ -119,3 +120,63 @@ def check_fd(gates: Gates, pid: int, n: str, target: str, flags: int, mnt_id: in
         raise FdError(errno.EACCES, f"process {pid} fd {n}: {target} is a file of the host's that its rootless "
                                     f"tree's user (uid {gate[1][0]}) could not open (root opened it): restore would "
                                     "refuse it; declare it --external file[PATH]:KEY, or have the tree open it as its user")
+
+
+def check_mount_roots(gates: Gates, view) -> None:
+    """Refuse (fs.FsError EACCES, one line) a mount of a rootless tree made from the host's files
+    beneath an external mount's root (a bind of a subdirectory of it, prestop's `view`) where a
+    directory on the way is one the tree's user may not search: restore would refuse it (it skips
+    those directories' search checks: restore.py _check_host_root). Passed over when the look cannot
+    tell (the external mount covered, a process gone): restore decides."""
+    ext = [(name, e) for name, ns in view.mntns_doc.items() for e in ns["mounts"] if e["external"]]
+    for name, ns in view.mntns_doc.items():
+        mine: dict[int, tuple] = {}
+        for pid in view.ns_pids.get(name) or ():
+            try:
+                gate = gates.of(pid)
+            except OSError:
+                continue   # (gone meanwhile)
+            if gate is not None:
+                mine[id(gate)] = gate
+        if not mine or not ext:
+            continue
+        for e in ns["mounts"]:
+            if e["external"] or e.get("ghost") or not view.superblocks[e["sb"]]["external"]:
+                continue
+            best = max((x for x in ext if x[1]["sb"] == e["sb"] and is_beneath(e["root"], x[1]["root"])),
+                       key=lambda x: len(x[1]["root"]), default=None)
+            rel = best and rel_to(e["root"], best[1]["root"]).strip("/")
+            gate = rel and next((g for g in mine.values() if not _walk_open(g, view, *best, rel)), None)
+            if gate:
+                raise fs.FsError(errno.EACCES, f"mount {e['id']} ({e['mountpoint']}): its root {e['root']} lies "
+                                               "beneath a directory of the host's that its rootless tree's user "
+                                               f"(uid {gate[1][0]}) may not search: restore would refuse it; "
+                                               f"declare it --external mnt[{e['mountpoint']}]:KEY")
+
+
+def _walk_open(gate, view, ns_name: str, ext: dict, rel: str) -> bool:
+    """Whether the user of `gate` may search each directory above `rel` beneath the root of external
+    mount `ext` (of namespace `ns_name`), reached from a process of that namespace; True when it
+    cannot be reached to tell."""
+    for pid in view.ns_pids.get(ns_name) or ():
+        try:
+            root = os.open(f"/proc/{pid}/root{ext['mountpoint']}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if kernel.statx_mnt_id("", root, kernel.AT_EMPTY_PATH) != ext["id"]:
+                continue
+            parts = rel.split("/")
+            for k in range(len(parts)):
+                d = kernel.openat2(root, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _WALK)
+                try:
+                    if not stat.S_ISDIR(os.fstat(d).st_mode) or not _searchable(gate, d):
+                        return False
+                finally:
+                    os.close(d)
+            return True
+        except OSError:
+            return False   # (a symlink on the way, or nothing there: no walk its user could make)
+        finally:
+            os.close(root)
+    return True

@@ -242,6 +242,8 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
         from engine import nscopy   # (imported late: it is dump's, and dump imports this module)
         nscopy.precheck(view, owned_ns)   # (covers the kernel keeps locked)
         _check_sb_owners(view, tree, users)
+        from engine import hostfiles   # (a rootless tree's binds of the host's directories: restore's gate)
+        hostfiles.check_mount_roots(hostfiles.Gates(), view)
         _check_probes(view, pids, names)
         if users is not None:   # (superblocks restore would make before the late stand-ins they need)
             userns_cr.check_late_superblocks(view.superblocks, view.mntns_doc, users)

@@ -313,7 +313,7 @@ def test_root_opened_host_file_in_a_rootless_tree_is_refused_at_dump_unstopped(c
     pid = case.start(STOP_WATCH + py_hold(_ROOT_FILE_IN_ROOTLESS.replace("FILE", "shadow")))
     _refused_unstopped(case, pid, r"process \d+ fd 5: /etc/shadow is a file of the host's that its rootless tree's "
                                   r"user \(uid 1000\) could not open \(root opened it\): restore would refuse it; "
-                                  r"not supported")
+                                  r"declare it --external file\[PATH\]:KEY, or have the tree open it as its user")
 
 
 def test_root_opened_host_file_its_user_could_open_is_dumped(case):
