@@ -130,16 +130,10 @@ def parse_externals(specs, root: str | None) -> dict[str, str]:
 
 
 def _searchable(gate, users: dict, d: int) -> bool:
-    """Whether the user of `gate` (userns.host_gate's) may search directory `d` (an O_PATH fd): as
-    that user, or as its namespace's root on a directory of ids the namespace maps (`users`: the
-    image's user namespaces)."""
+    """Whether the user of `gate` (userns.host_gate's) may search directory `d` (an O_PATH fd), or
+    its namespace's root on a directory of ids the namespace maps (`users`: the image's)."""
     from engine import userns
-    try:
-        with kernel.as_user_for_a_while(*gate[1]):
-            os.close(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=d))   # (a walk's first check)
-        return True
-    except PermissionError:
-        return userns.maps_file(gate[0], users, os.fstat(d))
+    return userns.may_search(gate[1], d, lambda st: userns.maps_file(gate[0], users, st))
 
 
 def _open_external(path: str, flags: int) -> int:
@@ -2708,6 +2702,8 @@ class _Restorer:
         to a rootless tree: only when that tree's user could walk to it (each directory above it one
         it may search, no symlink on the way). A bind of a subdirectory skips the search checks of
         the directories above it: root's 0700 /root/x would be open to the tree."""
+        if not rel.strip("/"):
+            return   # (the external mount's own root: nothing above it to search; no gates looked for)
         self._check_walk(self._mount_gates(m), src, rel,
                          f"mount {m['id']} ({m.get('mountpoint', 'detached')}): its root {m['root']}")
 

@@ -628,6 +628,18 @@ def user_ids(uid: int) -> tuple[int, int, list[int]]:
         return uid, NOGROUP, []
 
 
+def may_search(ids: tuple, d: int, maps) -> bool:
+    """Whether user `ids` ((uid, gid, groups)) may search directory `d` (an O_PATH fd): as that user,
+    or as its namespace's root on a directory whose stat `maps(st)` says that namespace maps. Dump's
+    look (engine/hostfiles.py) and restore's gate (engine/restore.py) ask it alike."""
+    try:
+        with kernel.as_user_for_a_while(*ids):
+            os.close(os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=d))   # (a walk's first check)
+        return True
+    except PermissionError:
+        return maps(os.fstat(d))
+
+
 def maps_file(top: str, users: dict, st: os.stat_result) -> bool:
     """Whether user namespace `top` maps both the owner and the group of a file with stat `st`: its
     root, which its user may become, then passes the permission check by CAP_DAC_OVERRIDE (the

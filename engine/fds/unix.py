@@ -142,7 +142,7 @@ def case_of(k: Sock) -> tuple[str, object]:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k.inflight} fds in flight (SCM_RIGHTS not yet received) "
                                         f"on a {'listening' if listening else 'stream'} socket"
                                         f"{'' if listening else ' whose peer is not its own'}: "
-                                        "not supported")
+                                        "not supported; let the receiver take them (recvmsg) before dumping")
     if listening:
         return "listener", None
     embryos = d.scratch.get(("unix-embryos", k.netns))
