@@ -277,15 +277,15 @@ def test_rootless_overlay_on_an_open_host_layer_is_restored(image, tmp_path):
 # A child opens the container's /etc/shadow (the host's, an external mount) as root, becomes uid
 # 1000 and unshares a user namespace (uid 1000's: a rootless tree), mapped 0 -> 1000 by its parent,
 # and holds the file at fd 5 (restore would refuse it: uid 1000 cannot open /etc/shadow).
-_ROOT_FILE_IN_ROOTLESS = """
+_ROOTLESS_KID = """
 import time
 r, w = os.pipe()
 kid = os.fork()
 if kid == 0:
     import ctypes, signal
-    os.dup2(os.open("/etc/FILE", os.O_RDONLY), 5)
+    OPENED
     os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
-    ctypes.CDLL(None).unshare(0x10000000)   # CLONE_NEWUSER
+    assert ctypes.CDLL(None).unshare(FLAGS) == 0
     os.write(w, b"x")
     while not os.path.exists("/run/mapped"):
         time.sleep(0.02)
@@ -299,6 +299,15 @@ for m, text in (("setgroups", "deny"), ("uid_map", "0 1000 1"), ("gid_map", "0 1
         f.write(text)
 open("/run/mapped", "w").close()
 """
+
+
+def rootless_kid(opened: str = "pass", flags: int = 0x10000000) -> str:
+    """A holder's script: its child runs `opened` as root, becomes uid 1000 and unshares `flags`
+    (CLONE_NEWUSER, and more), mapped 0 -> 1000 by the holder: a rootless tree."""
+    return _ROOTLESS_KID.replace("OPENED", opened).replace("FLAGS", hex(flags))
+
+
+_ROOT_FILE_IN_ROOTLESS = rootless_kid('os.dup2(os.open("/etc/FILE", os.O_RDONLY), 5)')
 
 
 def test_root_opened_host_file_in_a_rootless_tree_is_refused_at_dump_unstopped(case):

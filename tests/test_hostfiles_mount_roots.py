@@ -10,31 +10,13 @@ import os
 
 
 from enginecase import DUMP_EXTERNALS, STOP_WATCH, assert_same, case, mntcr, py_hold, take, was_stopped  # noqa: F401
+from test_hardening_s34 import rootless_kid
 
-# /mnt/ext (a host directory bound in, declared external) holds priv/sub; /mnt/x binds priv/sub. A child becomes uid 1000 and
-# unshares a user and a mount namespace (its copy of /mnt/x is locked there): a rootless tree.
+# /mnt/ext (a host directory bound in, declared external) holds priv/sub; /mnt/x binds priv/sub.
+# A child becomes uid 1000 and unshares a user and a mount namespace (its copy of /mnt/x is locked
+# there): a rootless tree.
 SETUP = STOP_WATCH + """mkdir -p /mnt/x; mount --bind /mnt/ext/priv/sub /mnt/x
-""" + py_hold("""
-import time
-r, w = os.pipe()
-kid = os.fork()
-if kid == 0:
-    import ctypes, signal
-    os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
-    assert ctypes.CDLL(None).unshare(0x10000000 | 0x00020000) == 0
-    os.write(w, b"x")
-    while not os.path.exists("/run/mapped"):
-        time.sleep(0.02)
-    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
-    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
-    while True:
-        signal.pause()
-os.read(r, 1)
-for m, text in (("setgroups", "deny"), ("uid_map", "0 1000 1"), ("gid_map", "0 1000 1")):
-    with open(f"/proc/{kid}/{m}", "w") as f:
-        f.write(text)
-open("/run/mapped", "w").close()
-""")
+""" + py_hold(rootless_kid(flags=0x10000000 | 0x00020000))
 EXT = ("--external", "mnt[/mnt/ext]:ext")
 
 
