@@ -821,7 +821,10 @@ class OverlayType(FsType):
         mark opaque. An overlay a user namespace of the image owns (`owner`), made without userxattr,
         sets no such xattr (trusted.* needs the initial namespace's CAP_SYS_ADMIN): restore would fail
         (EIO). Refused when the upper layer, seen at its option's path from the process's root, has a
-        whiteout at that name, or cannot be looked at."""
+        whiteout at that name. Where that root does not show the upper layer (a container pivoted
+        into the overlay, the layers left outside: rootless crun on an overlay its caller mounted),
+        nothing is refused: most such directories are the upper layer's own, which restore makes
+        again, and a refusal there stopped them all."""
         if "userxattr" in sb["super_opts"] or not sb.get("owner"):
             # (restore makes an overlay no user namespace of the image owns as root of the initial
             # one, which sets trusted xattrs: a container's mount namespace in a user namespace says
@@ -830,21 +833,14 @@ class OverlayType(FsType):
         upper = [p for key, p in layer_paths(sb["super_opts"]) if key == "upperdir"]
         if not upper:
             return   # (a read-only overlay: nothing of it was removed)
-        root = f"/proc/{pid}/root"
         try:
-            if not stat.S_ISDIR(os.stat(f"{root}/{upper[0].lstrip('/')}").st_mode):
-                raise FileNotFoundError
-            st = os.lstat(f"{root}/{upper[0].lstrip('/')}/{sb_path.lstrip('/')}")
-            whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-        except FileNotFoundError:
-            whiteout = None if not os.path.isdir(f"{root}/{upper[0].lstrip('/')}") else False
+            st = os.lstat(f"/proc/{pid}/root/{upper[0].lstrip('/')}/{sb_path.lstrip('/')}")
         except OSError:
-            whiteout = None
-        if whiteout is not False:
-            what = ("a directory of a lower layer (a whiteout has its name in the upper layer)" if whiteout
-                    else f"its upper layer {upper[0]} cannot be looked at from the process's root")
+            return   # (no such name in the upper layer, or that root does not show it)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             raise FsError(errno.EOPNOTSUPP, f"{where}: removed while in use on an overlay a user namespace "
-                                            f"mounted without userxattr, {what}: restore cannot make it again "
+                                            "mounted without userxattr, a directory of a lower layer (a whiteout "
+                                            "has its name in the upper layer): restore cannot make it again "
                                             "there (no opaque xattr); mount the overlay with userxattr, or leave "
                                             "the directory before dumping")
 
