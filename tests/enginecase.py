@@ -118,6 +118,17 @@ def userns_setup(flags: int, body: str, uid_map: str = "0 20000 20000", gid_map:
             + (f"wait_for {ready}\n" if ready else "") + "hold\n")
 
 
+# A holder script's System V IPC calls: libc with errno, shmat's pointer, ok() raising OSError on -1
+# (scripts that start with it import ctypes first).
+IPC_LIBC = """libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def ok(r):
+    if r == -1 or r == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "ipc")
+    return r
+"""
+
+
 def py_hold(body: str) -> str:
     """A setup line that execs python3 running `body` (which may open fds), then holding."""
     code = "import os\n" + body + _PY_HOLD_TAIL

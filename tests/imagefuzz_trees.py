@@ -3,7 +3,7 @@ tests/enginecase.py setups: between them every kind of record a hostile image wo
 
 from __future__ import annotations
 
-from enginecase import py_hold
+from enginecase import IPC_LIBC, py_hold
 from test_hardening_s13 import SETUP as USERNS   # a child in a user namespace, unix listeners, a pipe
 
 # tmpfs contents (a file, a symlink, a FIFO), a bind of a subdirectory, a shared group and a
@@ -85,13 +85,7 @@ d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind(b"\\0mntcr-fuzz"); 
 # message queue with a message, a semaphore set
 SYSVIPC = py_hold("""
 import ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-def ok(r):
-    if r == -1 or r == ctypes.c_void_p(-1).value:
-        raise OSError(ctypes.get_errno(), "ipc")
-    return r
-a = ok(libc.shmget(0x1111, 8192, 0o1600)); ok(libc.shmget(0x2222, 4096, 0o1600))
+""" + IPC_LIBC + """a = ok(libc.shmget(0x1111, 8192, 0o1600)); ok(libc.shmget(0x2222, 4096, 0o1600))
 kept = [ok(libc.shmat(a, None, 0)), ok(libc.shmat(a, None, 0o10000))]
 ctypes.memmove(kept[0], b"data", 4)
 q = ok(libc.msgget(0x3333, 0o1600))

@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from enginecase import case, py_hold  # noqa: F401  (fixture)
+from enginecase import IPC_LIBC, case, py_hold  # noqa: F401  (fixture)
 
 _ATTACH = """
 import ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-def ok(r):
-    if r == -1 or r == ctypes.c_void_p(-1).value:
-        raise OSError(ctypes.get_errno(), "ipc")
-    return r
-a = ok(libc.shmget(0x1111, 8192, 0o1600))
+""" + IPC_LIBC + """a = ok(libc.shmget(0x1111, 8192, 0o1600))
 b = ok(libc.shmget(0x2222, 4096, 0o1600))   # (made, never attached)
 gone = ok(libc.shmget(0x3333, 4096, 0o1600))
 kept = [ok(libc.shmat(a, None, 0)), ok(libc.shmat(a, None, 0o10000)), ok(libc.shmat(gone, None, 0))]

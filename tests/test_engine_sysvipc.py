@@ -8,17 +8,11 @@ import os
 
 import pytest
 
-from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from enginecase import IPC_LIBC, STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
 
 _MAKE = """
 import ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-def ok(r):
-    if r == -1 or r == ctypes.c_void_p(-1).value:
-        raise OSError(ctypes.get_errno(), "ipc")
-    return r
-libc.shmget(0, 4096, 0o1600)   # (id 0: the next one gets 1)
+""" + IPC_LIBC + """libc.shmget(0, 4096, 0o1600)   # (id 0: the next one gets 1)
 seg = ok(libc.shmget(0x1234, SIZE, 0o1640))
 p = ok(libc.shmat(seg, None, 0)); ctypes.memmove(p, b"kept", 4); libc.shmdt(ctypes.c_void_p(p))
 libc.shmctl(0, 0, None)        # (removed: the kept one keeps id 1)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import enginecase
 from engine import image, imageformat
-from enginecase import case, load_manifest  # noqa: F401  (fixture)
+from enginecase import IPC_LIBC, case, load_manifest  # noqa: F401  (fixture)
 from test_hardening_hostile import _mutated, _victim, refused
 from test_hardening_images import _nodes, restore_outcome
 
@@ -34,13 +34,7 @@ SETUP = """
 mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
 """ + enginecase.py_hold("""
 import ctypes, fcntl, struct, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-def ok(r):
-    if r == -1 or r == ctypes.c_void_p(-1).value:
-        raise OSError(ctypes.get_errno(), "ipc")
-    return r
-seg = ok(libc.shmget(0x1234, 4096, 0o1640))
+""" + IPC_LIBC + """seg = ok(libc.shmget(0x1234, 4096, 0o1640))
 p = ok(libc.shmat(seg, None, 0)); ctypes.memmove(p, b"kept", 4); libc.shmdt(ctypes.c_void_p(p))
 s = ok(libc.semget(0x5678, 2, 0o1600)); ok(libc.semctl(s, 0, 17, (ctypes.c_ushort * 2)(3, 7)))
 q = ok(libc.msgget(0x9abc, 0o1600))
