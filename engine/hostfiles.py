@@ -161,17 +161,10 @@ def _walk_open(gate, view, ns_name: str, ext: dict, rel: str) -> bool:
         try:
             if kernel.statx_mnt_id("", root, kernel.AT_EMPTY_PATH) != ext["id"]:
                 continue
-            parts = rel.split("/")
-            for k in range(len(parts)):
-                d = kernel.openat2(root, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _WALK)
-                try:
-                    if not stat.S_ISDIR(os.fstat(d).st_mode) or not _searchable(gate, d):
-                        return False
-                finally:
-                    os.close(d)
-            return True
+            return userns.may_walk(gate[1], root, rel, lambda st: userns.maps_file("top", {"top": gate[0]}, st),
+                                   _WALK)
         except OSError:
-            return False   # (a symlink on the way, or nothing there: no walk its user could make)
+            return False   # (its mount id not to be read: no walk to tell of)
         finally:
             os.close(root)
     return True

@@ -2714,21 +2714,12 @@ class _Restorer:
         if not parts:
             return
         users = self.doc.get("userns") or {}
+        from engine import userns
         for gate in gates:
-            for k in range(len(parts)):
-                try:
-                    d = kernel.openat2(src, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                       _BENEATH | kernel.RESOLVE_NO_XDEV)
-                except OSError:
-                    d = None   # (a symlink on the way, or nothing there: not a walk its user could make)
-                try:
-                    ok = d is not None and stat.S_ISDIR(os.fstat(d).st_mode) and _searchable(gate, users, d)
-                finally:
-                    if d is not None:
-                        os.close(d)
-                if not ok:
-                    raise RestoreError(errno.EACCES, f"{what} lies beneath a directory of the host's that its "
-                                                     f"rootless tree's user (uid {gate[1][0]}) may not search")
+            if not userns.may_walk(gate[1], src, rel, lambda st, g=gate: userns.maps_file(g[0], users, st),
+                                   _BENEATH | kernel.RESOLVE_NO_XDEV):
+                raise RestoreError(errno.EACCES, f"{what} lies beneath a directory of the host's that its "
+                                                 f"rootless tree's user (uid {gate[1][0]}) may not search")
 
     def check_host_layer(self, sid: str, sb: dict, layer: dict, rel: str, where: str) -> None:
         """For a type's `create` hook: refuse superblock `sid`'s layer directory `rel` on mount `layer`

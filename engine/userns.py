@@ -17,6 +17,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import struct
 from engine.records import record
 
@@ -638,6 +639,24 @@ def may_search(ids: tuple, d: int, maps) -> bool:
         return True
     except PermissionError:
         return maps(os.fstat(d))
+
+
+def may_walk(ids: tuple, top: int, rel: str, maps, resolve: int) -> bool:
+    """Whether user `ids` may walk from directory `top` (an fd) to `rel` beneath it: each directory
+    above `rel` one it may search (may_search, `maps`), opened with openat2's `resolve`, no symlink
+    on the way."""
+    parts = [x for x in rel.split("/") if x]
+    for k in range(len(parts)):
+        try:
+            d = kernel.openat2(top, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, resolve)
+        except OSError:
+            return False   # (a symlink on the way, or nothing there: not a walk its user could make)
+        try:
+            if not stat.S_ISDIR(os.fstat(d).st_mode) or not may_search(ids, d, maps):
+                return False
+        finally:
+            os.close(d)
+    return True
 
 
 def maps_file(top: str, users: dict, st: os.stat_result) -> bool:
