@@ -259,6 +259,40 @@ class Ghost:
             raise err
 
 
+class Uncovered:
+    """A lower layer's directory removed through an overlay (`uncover` in the image): the overlay's
+    type took the whiteout of its removal out of the upper layer before the overlay was made
+    (engine/fs/overlay.py), so the lower directory shows at its old name again; what is opened or
+    mounted from it is that directory, and `remove` removes it through the overlay, which leaves the
+    whiteout again: the same deleted directory as dumped, made by no mkdir (which an overlay of a user
+    namespace without userxattr cannot mark opaque)."""
+
+    def __init__(self, base: int, path: str):
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            raise GhostError(errno.EINVAL, f"ghost {path}: no name")
+        self.is_dir = True
+        self.names: list = []
+        self.name = parts[-1]
+        self.dir = _walk(base, parts[:-1], None)
+        try:
+            if not stat.S_ISDIR(os.lstat(self.name, dir_fd=self.dir).st_mode):
+                raise GhostError(errno.ENOTDIR, f"ghost {path}: the lower layer's {path} is not a directory")
+        except BaseException:
+            os.close(self.dir)
+            raise
+
+    def remove(self) -> None:
+        """rmdir through the overlay (the whiteout is made again); what was opened from it keeps it."""
+        if self.dir is None:
+            return
+        try:
+            os.rmdir(self.name, dir_fd=self.dir)
+        finally:
+            os.close(self.dir)
+            self.dir = None
+
+
 def _remake_dir(dir_fd: int, tmp: str, only: str, err: OSError) -> None:
     """Directory tmp/only made again as `only` beside tmp: an overlay without redirect_dir and
     trusted xattrs (one a user namespace mounted, a rootless container's root) moves no directory

@@ -989,6 +989,9 @@ GHOST = Record("ghost", {
     "links": F(LIST, required=False, rule=list_of(_file_path_rule, MAX_GHOST_LINKS)),
     # A name the file still has (restored with the superblock's files): linked at `path` again.
     "linked": F(STR, required=False, rule=_file_path_rule),
+    # A directory removed through an overlay whose lower layer still has it: restore takes the whiteout
+    # out of the upper layer (fs uncover_layer), opens the directory and removes it again (no archive).
+    "uncover": F(BOOL, required=False),
 })
 
 EMPTY_ROOT = Record("empty root", {
@@ -1152,7 +1155,7 @@ def validate(doc) -> None:
     mounts = _check_mntns(doc["mntns"], sbs)
     detached = _check_detached(doc.get("detached") or {}, sbs, mounts)
     _check_superblocks(sbs, files, pidns, mounts, detached)
-    _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
+    _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts, detached)
     _check_objects(doc.get("objects") or {})
     _check_processes(doc, mounts, detached)
     _check_inflight_descs(doc)
@@ -1788,7 +1791,7 @@ def _check_super_opts(what: str, opts: list, handler) -> None:
             _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
 
 
-def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
+def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict, detached: dict) -> None:
     """Ghosts lie on a tmpfs, ramfs or overlay the image makes (fs.holds_ghosts), each its own archive member (one no
     superblock extracts), named as the last part of its path; a mount made from a ghost has
     the ghost's superblock and path as its own (fds are checked with their processes)."""
@@ -1807,6 +1810,9 @@ def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
         names = [g["path"], *(g.get("links") or ())]
         if len(set(names)) != len(names) or g.get("linked") in names:
             _fail(f"{what}: its names must differ from each other and from 'linked'")
+        if g.get("uncover"):
+            _check_uncover(what, g, sb, sbs, mounts, detached)
+            continue
         if g.get("linked") is not None:
             if any(k in g for k in ("file", "member", "only")):
                 _fail(f"{what}: a ghost 'linked' to a name of its file has no archive")
@@ -1824,6 +1830,22 @@ def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
         gid = m.get("ghost")
         if gid is not None and (gid not in ghosts or ghosts[gid]["sb"] != m["sb"] or ghosts[gid]["path"] != m["root"]):
             _fail(f"mount {m['id']}: ghost {gid!r} is unknown or not its deleted root")
+
+
+def _check_uncover(what: str, g: dict, sb: dict, sbs: dict, mounts: dict, detached: dict) -> None:
+    """A ghost restore uncovers (`uncover`: a whiteout of its superblock's layer taken out as root)
+    has no archive and no other name, on a type that uncovers, whose layer lies on a mount the image
+    makes: never a whiteout of the host's files."""
+    from engine import fs
+    if any(k in g for k in ("file", "member", "only", "linked", "links")):
+        _fail(f"{what}: an uncovered ghost has no archive and no other name")
+    layer = fs.lookup(sb["fstype"]).uncover_layer(sb)
+    if layer is None:
+        _fail(f"{what}: its filesystem ({sb['fstype']}) has no layer to uncover it in")
+    m = (detached if layer.get("detached") else mounts).get(layer["mnt"])
+    lsb = None if m is None else sbs.get(m["sb"])
+    if lsb is None or lsb.get("external"):
+        _fail(f"{what}: the layer it is uncovered in must lie on a filesystem the image makes")
 
 
 def _check_device(what: str, sid: str, sb: dict, device: dict | None, sbs: dict) -> None:

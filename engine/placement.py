@@ -367,8 +367,9 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
                                           "no mount of the tree whose files are dumped reaches")
     sb_path = ghosts.sb_path(m.root, m.mountpoint, path)
+    how = None
     if stat.S_ISDIR(st.st_mode):
-        hook(fs.lookup(sb["fstype"]).deleted_dir, where, sb, pid, link, sb_path)   # (also asked before the stop)
+        how = hook(fs.lookup(sb["fstype"]).deleted_dir, where, sb, pid, link, sb_path)   # (also asked before the stop)
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
             links = g.setdefault("links", [])
@@ -383,6 +384,10 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
                 del g["links"]
             return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     gid = f"g-{len(ghosts_doc)}"
+    if how and how.get("uncover"):
+        # (a lower layer's directory: restore uncovers it again, engine/ghosts.py Uncovered)
+        ghosts_doc[gid] = {"sb": sid, "path": sb_path, "uncover": True, "inode": key}
+        return gid
     if linked:
         ghosts_doc[gid] = {"sb": sid, "path": sb_path, "linked": linked, "inode": key}
         return gid

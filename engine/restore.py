@@ -707,7 +707,7 @@ class _Restorer:
         # from: fds of one unlinked file may sit on several mounts (CRIU's mntns_ghost01), and name
         # it by several deleted hard links (CRIU's unlink_fstat02: the fd's name is the link's).
         self.ghost_fd: dict[tuple[str, int, str], int] = {}
-        self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts recreated, linked until the mounts are attached
+        self.ghost_live: dict[str, ghosts.Ghost | ghosts.Uncovered] = {}  # ghosts recreated, linked until the mounts are attached
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
         self.ghost_mounts: list[dict] = []
@@ -1892,7 +1892,7 @@ class _Restorer:
                                                 f"cannot be opened: {e.strerror}") from None
         return fd
 
-    def _ghost(self, gid: str) -> ghosts.Ghost:
+    def _ghost(self, gid: str) -> ghosts.Ghost | ghosts.Uncovered:
         """Ghost `gid` under its old name on its new superblock: recreated the first time, linked
         until the mounts are assembled (the kernel attaches no mount whose root is unlinked), then
         unlinked again by assemble(); what was opened or mounted from it keeps it."""
@@ -1905,6 +1905,16 @@ class _Restorer:
         base = self._sb(g["sb"])
         if base is None:
             raise RestoreError(errno.EINVAL, f"{where}: the filesystem of its deleted file {g['path']} was not restored")
+        if g.get("uncover"):
+            # Its whiteout was taken out of the upper layer when the overlay was made: the lower
+            # directory is there again, removed through the overlay once opened (engine/ghosts.py).
+            from engine import ghosts   # (loaded by _load_for)
+            try:
+                ghost = self.ghost_live[gid] = ghosts.Uncovered(base, g["path"])
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: its removed directory {g['path']}: "
+                                                         f"{e.strerror or e}") from None
+            return ghost
         # tar runs in a copy of the namespace we stand in: the service one has its /proc and tar
         # (beneath the yard, if there is one).
         self.to_service()

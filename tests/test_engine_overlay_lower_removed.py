@@ -3,13 +3,18 @@ open directory: the overlay leaves a whiteout at its name in the upper layer, an
 directory again by a mkdir over that whiteout, which the overlay must mark opaque with an xattr. An
 overlay a user namespace mounted without userxattr sets none (trusted.* is refused to it): the
 mkdir fails (EIO). Dump succeeded and restore failed ("recreating its deleted file /data/lgone:
-Input/output error") until session 34; dump now refuses it before it stops the tree. The cases
-around it (userxattr, a lower file held open, an overlay of the initial user namespace) restore."""
+Input/output error") until session 34, which made dump refuse it before the stop; since session 35
+restore uncovers it (the whiteout taken out of the upper layer before the overlay is made, the lower
+directory opened and removed through the overlay again: engine/ghosts.py Uncovered), and dump refuses
+only what that cannot make the same (a lower directory with files, one changed since it was copied
+up). The cases around it (userxattr, a lower file held open, an overlay of the initial user
+namespace) restore."""
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 
 import pytest
 
@@ -23,18 +28,21 @@ def _skip_without_overlay() -> None:
             pytest.skip("the kernel has no overlayfs (not in /proc/filesystems)")
 
 
-# An overlay of a tmpfs of the process's own whose lower layer has data/lgone (mode 751) and
-# data/lfile; `HOLD` then removes one of them through the overlay while holding it.
+# An overlay of a tmpfs of the process's own whose lower layer has data/lgone (mode 751), data/lfile
+# and data/lfull (a whiteout in it hides the file of the lower layer beneath); `HOLD` then removes
+# one of them through the overlay while holding it.
 OVERLAY = """
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.mount(b"own", b"/mnt", b"tmpfs", 0, None) == 0
-for d in ("lower/data/lgone", "upper", "work", "merged"):
+for d in ("lower/data/lgone", "lower/data/lfull", "lower2/data/lfull", "upper", "work", "merged"):
     os.makedirs("/mnt/" + d)
 os.chmod("/mnt/lower/data/lgone", 0o751)
+open("/mnt/lower2/data/lfull/inner", "w").close()
+os.mknod("/mnt/lower/data/lfull/inner", 0o20600, 0)   # (a whiteout: the top lower layer hides it)
 with open("/mnt/lower/data/lfile", "w") as f:
     f.write("lower content")
-opts = b"lowerdir=/mnt/lower,upperdir=/mnt/upper,workdir=/mnt/work{opts}"
+opts = b"lowerdir=/mnt/lower:/mnt/lower2,upperdir=/mnt/upper,workdir=/mnt/work{opts}"
 assert libc.mount(b"ovl", b"/mnt/merged", b"overlay", 0, opts) == 0, os.strerror(ctypes.get_errno())
 """
 HOLD = {
@@ -42,6 +50,11 @@ HOLD = {
     "dirfd": 'd = os.open("/mnt/merged/data/lgone", os.O_RDONLY | os.O_DIRECTORY)\nos.rmdir("/mnt/merged/data/lgone")\n'
              'open("/tmp/removed", "w").close()\n',
     "file": 'f = open("/mnt/merged/data/lfile")\nos.unlink("/mnt/merged/data/lfile")\n',
+    # the lower directories hold a file and a whiteout hiding it: empty in the overlay, not in a layer
+    "full": 'os.chdir("/mnt/merged/data/lfull")\nos.rmdir("/mnt/merged/data/lfull")\n',
+    # copied up and changed (its mode) before it was removed: the lower one is not the held one
+    "changed": 'os.chmod("/mnt/merged/data/lgone", 0o700)\nos.chdir("/mnt/merged/data/lgone")\n'
+               'os.rmdir("/mnt/merged/data/lgone")\n',
 }
 
 
@@ -54,35 +67,69 @@ def _setup(what: str, userns: bool, opts: str = "") -> str:
 
 
 @pytest.mark.parametrize("what", ["cwd", "dirfd"])
-def test_lower_directory_removed_refused_before_the_stop(case, what):
-    """A user namespace's overlay without userxattr: refused, naming the process, the directory and
+def test_lower_directory_removed_uncovered(case, what):
+    """A user namespace's overlay without userxattr: dumped (refused before session 35) and restored
+    the same, the process holding the same removed directory (its deleted path, the lower one's mode),
+    the upper layer's whiteout at its name again."""
+    _skip_without_overlay()
+    pid = case.start(_setup(what, userns=True))
+    before = take(pid)
+    after = take(case.cr(pid))
+    assert_same(before, after)
+    held = [p for p in _tree_pids(after.pid) if _holds_removed(p)]
+    assert held, "no process of the restored tree holds /mnt/merged/data/lgone (deleted)"
+    link = f"/proc/{held[0]}/cwd" if what == "cwd" else next(
+        f"/proc/{held[0]}/fd/{n}" for n in os.listdir(f"/proc/{held[0]}/fd")
+        if os.readlink(f"/proc/{held[0]}/fd/{n}") == "/mnt/merged/data/lgone (deleted)")
+    assert oct(os.stat(link).st_mode & 0o7777) == "0o751"
+    st = os.lstat(f"/proc/{held[0]}/root/mnt/upper/data/lgone")
+    assert (stat.S_ISCHR(st.st_mode), st.st_rdev) == (True, 0), "the upper layer has no whiteout at data/lgone"
+    assert not os.path.exists(f"/proc/{held[0]}/root/mnt/merged/data/lgone")
+
+
+@pytest.mark.parametrize("what,why", [("full", "is not empty"),
+                                      ("changed", r"differs from the removed one \(its owner, mode or time changed\)")])
+def test_lower_directory_removed_refused_before_the_stop(case, what, why):
+    """What uncovering cannot make the same: refused, naming the process, the directory, why and
     what to do, before the tree is stopped; the tree keeps running."""
     _skip_without_overlay()
     pid = case.start(STOP_WATCH + _setup(what, userns=True))
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, "--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
     assert r.returncode == 2, r.stderr
-    link = "cwd" if what == "cwd" else r"fd \d+"
-    assert re.fullmatch(rf"mntcr dump: process \d+ {link} \(/mnt/merged/data/lgone \(deleted\)\): removed while in "
+    name = "lfull" if what == "full" else "lgone"
+    assert re.fullmatch(rf"mntcr dump: process \d+ cwd \(/mnt/merged/data/{name} \(deleted\)\): removed while in "
                         r"use on an overlay a user namespace mounted without userxattr, a directory of a lower layer "
-                        r"\(a whiteout has its name in the upper layer\): restore cannot make it again there \(no "
-                        r"opaque xattr\); mount the overlay with userxattr, or leave the directory before dumping\n",
-                        r.stderr), r.stderr
+                        rf"\(a whiteout has its name in the upper layer\) whose lower directory {why}: restore "
+                        r"cannot make it again there \(no opaque xattr\); mount the overlay with userxattr, or "
+                        r"leave the directory before dumping\n", r.stderr), r.stderr
     assert not os.path.exists(images)
     assert not was_stopped(pid), "dump stopped the tree before it refused"
-    # and the tree still runs, holding the removed directory
     held = [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/root/tmp/removed")
-            and _holds_removed(int(p))]
+            and _holds_removed(int(p), name)]
     assert held, "no process of the tree holds the removed directory any more"
 
 
-def _holds_removed(pid: int) -> bool:
+def _tree_pids(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _holds_removed(pid: int, name: str = "lgone") -> bool:
     try:
         links = [os.readlink(f"/proc/{pid}/cwd")] + [os.readlink(f"/proc/{pid}/fd/{n}")
                                                     for n in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
         return False
-    return "/mnt/merged/data/lgone (deleted)" in links
+    return f"/mnt/merged/data/{name} (deleted)" in links
 
 
 @pytest.mark.parametrize("what,userns,opts", [

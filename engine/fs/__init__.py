@@ -234,11 +234,19 @@ class FsType:
         running tree already shows. `plan` has the same fields `plan` gets, read from mountinfo (no
         archives, no devices); `sb` has fstype, source, super_opts and dev. Reads only: the tree runs."""
 
-    def deleted_dir(self, where: str, sb: dict, pid: int, link: str, sb_path: str) -> None:
+    def deleted_dir(self, where: str, sb: dict, pid: int, link: str, sb_path: str) -> dict | None:
         """Refuse (FsError) a directory of this superblock that process `pid` holds (`link` under
         /proc/PID: "cwd", "root" or "fd/N") after it was removed, when restore cannot make it again at
         `sb_path` (its old path in the superblock; `where` names it). Reads only: asked before the stop
-        and again once the tree is stopped. Default: nothing refused."""
+        and again once the tree is stopped. Returns None (made again from its archive), or
+        {"uncover": True}: restore uncovers it instead (`uncover_layer`). Default: nothing refused."""
+        return None
+
+    def uncover_layer(self, sb: dict) -> dict | None:
+        """The layer record (sb["layers"]) in which restore takes out the whiteout a removed directory
+        left (a ghost with `uncover`), before the superblock is made, so that the directory beneath
+        shows again (overlay: its upper layer); None when the type uncovers nothing."""
+        return None
 
     def plan_detached(self, sid: str, sb: dict, plan, ns_name: str, made: dict) -> None:
         """Complete the record of a `layers` superblock that only a detached mount shows (its

@@ -364,6 +364,123 @@ def create(source: str, super_opts, binds: list[tuple[str, int]], userns_fd: int
     return fds[0]
 
 
+# --- a lower directory removed while held, uncovered at restore -------------------------
+
+def _whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _upper_dir(pid: int, sb: dict, upper: str) -> str | None:
+    """A /proc/PID/root that shows the overlay's upper layer `upper` (its option's path): `pid`'s,
+    else that of an ancestor with a mount of the overlay (_same_overlay_pids), else None."""
+    mine = f"/proc/{pid}/root"
+    if os.path.isdir(f"{mine}/{upper.lstrip('/')}"):
+        return mine
+    for other in _same_overlay_pids(pid, sb):
+        root = f"/proc/{other}/root"
+        if os.path.isdir(f"{root}/{upper.lstrip('/')}"):
+            return root
+    return None
+
+
+def _same_overlay_pids(pid: int, sb: dict) -> list[int]:
+    """The ancestors of `pid` (at most _MAX_STACK, not init) whose mount namespace has a mount of the
+    overlay (its superblock's device): the one that made it pivoted a child into it, and sees the
+    layers at their options' paths where the child does not."""
+    out = []
+    cur = pid
+    for _ in range(_MAX_STACK):
+        try:
+            with open(f"/proc/{cur}/stat") as f:
+                cur = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if cur <= 1:
+            break
+        if sb.get("dev") and _shows_dev(cur, sb["dev"]):
+            out.append(cur)
+    return out
+
+
+def _shows_dev(pid: int, dev: str) -> bool:
+    """Whether process `pid`'s mountinfo has a mount of device `dev` ("MAJ:MIN")."""
+    from engine import mountinfo
+    try:
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return any(m.dev == dev for m in mountinfo.parse(text))
+
+
+def _uncover_why(root: str, sb: dict, pid: int, link: str, sb_path: str) -> str | None:
+    """None when restore can uncover the removed directory `sb_path` (held at /proc/PID/`link`):
+    the topmost lower layer that has the name (seen from `root`) has a directory there with the held
+    one's owner, mode and modification time, and no lower layer has anything in it (a directory the
+    overlay merges from them would not be empty, and rmdir would fail); else what stands in the way."""
+    try:
+        held = os.stat(f"/proc/{pid}/{link}")
+    except OSError:
+        return "cannot be looked at (the process is gone)"
+    first = None
+    for key, low in layer_paths(sb["super_opts"]):
+        if key not in ("lowerdir", "lowerdir+"):
+            continue
+        path = f"{root}/{low.lstrip('/')}/{sb_path.lstrip('/')}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return f"cannot be looked at ({e.strerror})"
+        if _whiteout(st) or (first is not None and not stat.S_ISDIR(st.st_mode)):
+            break
+        if not stat.S_ISDIR(st.st_mode):
+            return "is not a directory"
+        try:
+            if os.listdir(path):
+                return "is not empty"
+        except OSError as e:
+            return f"cannot be looked at ({e.strerror})"
+        first = first or st
+    if first is None:
+        return "is not seen"
+    if (first.st_mode, first.st_uid, first.st_gid, first.st_mtime_ns) != \
+            (held.st_mode, held.st_uid, held.st_gid, held.st_mtime_ns):
+        return "differs from the removed one (its owner, mode or time changed)"
+    return None
+
+
+def _uncover(sid: str, sb: dict, ctx, where: str) -> None:
+    """Before the overlay is made: take out of its upper layer the whiteout of each directory the
+    image uncovers (ghosts with `uncover`, engine/ghosts.py Uncovered), so that the lower directory
+    shows at that name again. Only a whiteout (a character device 0:0) beneath the upper layer's
+    directory, on its own mount (the image format allows only a mount the image makes there)."""
+    paths = [g["path"] for g in (ctx.doc.get("ghosts") or {}).values() if g["sb"] == sid and g.get("uncover")]
+    if not paths:
+        return
+    layer = TYPE.uncover_layer(sb)
+    m = None if layer is None else (ctx.detached if layer.get("detached") else ctx.mounts).get(layer["mnt"])
+    if m is None:
+        raise FsError(errno.EINVAL, f"{where}: the upper layer of its removed directories is not in the image")
+    base, root_rel = ctx.source_of(m)
+    for path in paths:
+        parts = [p for p in path.split("/") if p]
+        inner = "/".join(x for x in (root_rel.strip("/"), layer["rel"].strip("/"), *parts[:-1]) if x)
+        d = kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH | kernel.RESOLVE_NO_XDEV) \
+            if inner else os.dup(base)
+        try:
+            if not _whiteout(os.lstat(parts[-1], dir_fd=d)):
+                raise FsError(errno.EINVAL, f"{where}: its upper layer has no whiteout at {path}, the "
+                                            "removed directory the image uncovers there")
+            os.unlink(parts[-1], dir_fd=d)
+        except FileNotFoundError:
+            raise FsError(errno.EINVAL, f"{where}: its upper layer has no whiteout at {path}, the removed "
+                                        "directory the image uncovers there") from None
+        finally:
+            os.close(d)
+
+
 # --- the type's hooks -----------------------------------------------------------------
 
 def _gone_here(path: str, found, mounts, plan, ns_name: str) -> bool:
@@ -815,34 +932,49 @@ class OverlayType(FsType):
             return
         _check_remountable(sb, _layers(sid, sb, plan), plan, _where(sid, plan))
 
-    def deleted_dir(self, where: str, sb: dict, pid: int, link: str, sb_path: str) -> None:
+    def deleted_dir(self, where: str, sb: dict, pid: int, link: str, sb_path: str) -> dict | None:
         """A directory removed while in use is made again through the overlay (engine/ghosts.py): a
         mkdir over the whiteout its removal left, when it was a lower layer's, which the overlay must
         mark opaque. An overlay a user namespace of the image owns (`owner`), made without userxattr,
-        sets no such xattr (trusted.* needs the initial namespace's CAP_SYS_ADMIN): restore would fail
-        (EIO). Refused when the upper layer, seen at its option's path from the process's root, has a
-        whiteout at that name. Where that root does not show the upper layer (a container pivoted
-        into the overlay, the layers left outside: rootless crun on an overlay its caller mounted),
-        nothing is refused: most such directories are the upper layer's own, which restore makes
-        again, and a refusal there stopped them all."""
+        sets no such xattr (trusted.* needs the initial namespace's CAP_SYS_ADMIN): the mkdir fails
+        (EIO). Such a directory, seen as a whiteout at its name in the upper layer, is uncovered
+        instead ({"uncover": True}: restore takes the whiteout out before the overlay is made, opens
+        the lower directory and removes it through the overlay), when the lower layers show it as it
+        was held (`_uncover_why`); else refused. The upper layer is looked at from the process's root,
+        else from the roots of the tree's other processes (`_upper_dir`); where no root shows it (a
+        container pivoted into the overlay, the layers left outside: rootless crun on an overlay its
+        caller mounted, the caller not dumped) nothing is refused: most such directories are the
+        upper layer's own, which restore makes again, and a refusal there stopped them all."""
         if "userxattr" in sb["super_opts"] or not sb.get("owner"):
             # (restore makes an overlay no user namespace of the image owns as root of the initial
             # one, which sets trusted xattrs: a container's mount namespace in a user namespace says
             # nothing of who mounted its overlay)
-            return
+            return None
         upper = [p for key, p in layer_paths(sb["super_opts"]) if key == "upperdir"]
         if not upper:
-            return   # (a read-only overlay: nothing of it was removed)
+            return None   # (a read-only overlay: nothing of it was removed)
+        root = _upper_dir(pid, sb, upper[0])
+        if root is None:
+            return None   # (no root of the tree shows the upper layer)
         try:
-            st = os.lstat(f"/proc/{pid}/root/{upper[0].lstrip('/')}/{sb_path.lstrip('/')}")
+            st = os.lstat(f"{root}/{upper[0].lstrip('/')}/{sb_path.lstrip('/')}")
         except OSError:
-            return   # (no such name in the upper layer, or that root does not show it)
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            raise FsError(errno.EOPNOTSUPP, f"{where}: removed while in use on an overlay a user namespace "
-                                            "mounted without userxattr, a directory of a lower layer (a whiteout "
-                                            "has its name in the upper layer): restore cannot make it again "
-                                            "there (no opaque xattr); mount the overlay with userxattr, or leave "
-                                            "the directory before dumping")
+            return None   # (no such name in the upper layer)
+        if not _whiteout(st):
+            return None
+        why = _uncover_why(root, sb, pid, link, sb_path)
+        if why is None:
+            return {"uncover": True}
+        raise FsError(errno.EOPNOTSUPP, f"{where}: removed while in use on an overlay a user namespace "
+                                        "mounted without userxattr, a directory of a lower layer (a whiteout "
+                                        f"has its name in the upper layer) whose lower directory {why}: "
+                                        "restore cannot make it again there (no opaque xattr); mount the "
+                                        "overlay with userxattr, or leave the directory before dumping")
+
+    def uncover_layer(self, sb: dict) -> dict | None:
+        """The upper layer's record: restore takes an uncovered ghost's whiteout out of it."""
+        upper = [p for key, p in layer_paths(sb["super_opts"]) if key == "upperdir"]
+        return next((x for x in sb.get("layers") or () if upper and x["path"] == upper[0]), None)
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Record the layers as (mount, path) as they were at the overlay's creation."""
@@ -875,6 +1007,7 @@ class OverlayType(FsType):
                               if inner else os.dup(base)))
             if _volatile(sb["super_opts"]):
                 _clear_volatile_mark(sb, ctx)
+            _uncover(sid, sb, ctx, where)
             ctx.to_service()  # the layers are cloned from the service namespace
             return create(sb["source"], sb["super_opts"], binds, ctx.owner_userns(sb))
         finally:
