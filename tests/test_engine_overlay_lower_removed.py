@@ -163,3 +163,40 @@ def test_lower_object_removed_restores(case, what, userns, opts):
             break
     else:
         raise AssertionError(f"no process of the restored tree holds {needle}")
+
+
+def test_hostile_uncover_records_are_refused(case):
+    """An image's uncovered ghost makes restore remove a whiteout as root: the image is refused, with
+    one line, where it has an archive too, lies on a type with no layer to uncover in, or names an
+    upper layer on a mount of the host's files (declared external), or a path out of the layer."""
+    import copy
+    import json
+    from engine import image
+    _skip_without_overlay()
+    pid = case.start(_setup("cwd", userns=True))
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = image.load(images)
+    gid = next(gid for gid, g in doc["ghosts"].items() if g.get("uncover"))
+    sid = doc["ghosts"][gid]["sb"]
+    assert doc["ghosts"][gid] == {"sb": sid, "path": "/data/lgone", "uncover": True}
+    mounts = {e["id"]: e for ns in doc["mntns"].values() for e in ns["mounts"]}
+    host = next(i for i, e in mounts.items() if doc["superblocks"][e["sb"]].get("external"))
+    other = next(s for s, sb in doc["superblocks"].items() if s != sid and not sb.get("external"))
+
+    def refused(mutate, match):
+        bad = copy.deepcopy(doc)
+        mutate(bad)
+        with open(os.path.join(images, image.MANIFEST), "w") as f:
+            json.dump(bad, f)
+        with pytest.raises(image.ImageError, match=match):
+            image.load(images)
+
+    def upper_on_host(d):
+        sb = d["superblocks"][sid]
+        next(x for x in sb["layers"] if x["path"] == "/mnt/upper")["mnt"] = host
+
+    refused(lambda d: d["ghosts"][gid].update(file="files-0.tar", member="sb-0", only="lgone"), "no archive")
+    refused(lambda d: d["ghosts"][gid].update(sb=other), "no layer to uncover it in")
+    refused(upper_on_host, "a filesystem the image makes")
+    refused(lambda d: d["ghosts"][gid].update(path="/../../etc/x"), r"\.\.")
