@@ -806,6 +806,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
             _detached_dirs(pid, view, unplaced)
             _check_deleted_maps(pid, view)
             _check_exe(pid, view)
+            hostfiles.check_process(gates, pid, scratch["host_mnts"], view.ns_mounts.get(name, []))
             try:
                 names = os.listdir(f"/proc/{pid}/fd")
                 pidfd = kernel.pidfd_open(pid)
