@@ -147,6 +147,30 @@ def check_fd(gates: Gates, pid: int, n: str, target: str, flags: int, mnt_id: in
                                     "refuse it; declare it --external file[PATH]:KEY, or have the tree open it as its user")
 
 
+def check_connect(gates: Gates, pid: int, where: str, name: str, vfs, host_mnts: set, mounts) -> None:
+    """Refuse (FdError EACCES, one line) socket `where` of `pid` connected to path `name`, the
+    socket file (`vfs`: sock_diag's (ino, dev) of its socket) on the host's files, when its rootless
+    tree's user could not reach it (its walk) or connect to it (write it): restore opens and
+    connects it by userns.reach's rule (engine/fds/unix.py _connect_to) and would refuse it. Passed
+    over when the name leads elsewhere now (restore decides)."""
+    if vfs is None or not name.startswith("/"):
+        return
+    link = f"/proc/{pid}/root{name}"
+    try:
+        st = os.stat(link, follow_symlinks=False)
+        mnt_id = kernel.statx_mnt_id(link, flags=kernel.AT_SYMLINK_NOFOLLOW)
+    except OSError:
+        return   # (gone meanwhile, or its directory out of our reach: restore decides)
+    if not stat.S_ISSOCK(st.st_mode) or (st.st_ino, st.st_dev) != (vfs[0], os.makedev(vfs[1] >> 20, vfs[1] & 0xFFFFF)):
+        return
+    gate = (unreached(gates, pid, name, os.O_PATH, mnt_id, host_mnts, mounts)
+            or unreached(gates, pid, name, os.O_WRONLY, mnt_id, host_mnts, mounts, may_connect))
+    if gate is not None:
+        raise FdError(errno.EACCES, f"{where}: connected to {name}, a socket file of the host's its rootless tree's "
+                                    f"user (uid {gate[1][0]}) could not connect to (root connected it): restore would "
+                                    "refuse it; have the tree connect as its user, or make the socket writable for it")
+
+
 def check_process(gates: Gates, pid: int, host_mnts: set, mounts) -> None:
     """Refuse (FdError EACCES, one line) the root, cwd, executable or a mapped file of `pid` when
     it is a host's file its rootless tree's user could not reach (`unreached`: restore opens each

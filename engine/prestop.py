@@ -794,7 +794,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                                    if view.superblocks[e["sb"]]["external"]}}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}
     from engine import hostfiles   # (a rootless tree's host files: restore's gate, asked first)
-    gates = hostfiles.Gates()
+    gates = scratch["gates"] = hostfiles.Gates()
     used: set[str] = set()
     held: set[str] = set()     # paths of ext_files some fd shows
     complete = True            # every fd was seen

@@ -90,3 +90,29 @@ def test_cwd_and_mapping_its_user_may_reach_restored(case, tmp_path):  # noqa: F
     before = take(pid)
     restored = case.cr(pid, dump_extra=EXT, restore_extra=("--external", f"mnt[ext]:{tmp_path}"))
     assert_same(before, take(restored))
+
+
+# A root process binds a datagram socket on the host's files (root's, mode 0755 by the umask: uid
+# 1000 may not write it) and connects another to it, then becomes uid 1000: restore connects the
+# client again only as that user could.
+_SOCK = ('import socket; _s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); _s.bind("/mnt/ext/open/d.sock"); '
+         'os.chmod("/mnt/ext/open/d.sock", MODE); '
+         '_c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); _c.connect("/mnt/ext/open/d.sock"); '
+         'os.dup2(_s.fileno(), 5); os.dup2(_c.fileno(), 6)')
+
+
+def test_connect_to_a_host_socket_its_user_may_not_write_refused_unstopped(case, tmp_path):  # noqa: F811
+    """Dump took it, restore refused it ("connecting to /mnt/ext/open/d.sock: Permission denied")."""
+    pid = _start(case, tmp_path, _SOCK.replace("MODE", "0o755"), 0o755)
+    _refused_unstopped(case, pid, r"process \d+ fd 6 \(socket:\[\d+\]\): connected to /mnt/ext/open/d\.sock, "
+                                  r"a socket file of the host's its rootless tree's user \(uid 1000\) could not connect to \(root connected "
+                                  r"it\): restore would refuse it; have the tree connect as its user, or make the "
+                                  r"socket writable for it", externals=(*DUMP_EXTERNALS, *EXT))
+
+
+def test_connect_to_a_host_socket_its_user_may_write_restored(case, tmp_path):  # noqa: F811
+    """The same socket file writable for all: dumped and restored."""
+    pid = _start(case, tmp_path, _SOCK.replace("MODE", "0o777"), 0o755)
+    before = take(pid)
+    restored = case.cr(pid, dump_extra=EXT, restore_extra=("--external", f"mnt[ext]:{tmp_path}"))
+    assert_same(before, take(restored))
