@@ -105,9 +105,9 @@ def test_connect_to_a_host_socket_its_user_may_not_write_refused_unstopped(case,
     """Dump took it, restore refused it ("connecting to /mnt/ext/open/d.sock: Permission denied")."""
     pid = _start(case, tmp_path, _SOCK.replace("MODE", "0o755"), 0o755)
     _refused_unstopped(case, pid, r"process \d+ fd 6 \(socket:\[\d+\]\): connected to /mnt/ext/open/d\.sock, "
-                                  r"a socket file of the host's its rootless tree's user \(uid 1000\) could not connect to \(root connected "
-                                  r"it\): restore would refuse it; have the tree connect as its user, or make the "
-                                  r"socket writable for it", externals=(*DUMP_EXTERNALS, *EXT))
+                                  r"a socket file of the host's its rootless tree's user \(uid 1000\) could not "
+                                  r"connect to \(root connected it\): restore would refuse it; have the tree connect "
+                                  r"as its user, or make the socket writable for it", externals=(*DUMP_EXTERNALS, *EXT))
 
 
 def test_connect_to_a_host_socket_its_user_may_write_restored(case, tmp_path):  # noqa: F811
