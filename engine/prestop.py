@@ -227,6 +227,7 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
         sysvipc.precheck(pids)
         netdevs.precheck(pids, ext_veths)
         schedattrs.precheck(pids)
+        schedattrs.precheck_rootless(pids, _rootless_of())
         timens.precheck(pids)
         seccomp.precheck(pids)
         loginuid.precheck(pids)
@@ -781,6 +782,13 @@ def _open_mounts(view: View, wanted: list[tuple[str, dict]]) -> dict[tuple[str, 
         for fd in got.values():
             os.close(fd)
     return out
+
+
+def _rootless_of():
+    """pid -> whether it is a process of a rootless tree (engine/hostfiles.py Gates)."""
+    from engine import hostfiles
+    gates = hostfiles.Gates()
+    return lambda pid: gates.of(pid) is not None
 
 
 def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[str]) -> None:

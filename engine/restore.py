@@ -3038,8 +3038,14 @@ class _Restorer:
         """Each stand-in's scheduling attributes, set from here once every stand-in exists and
         before any makes its threads, and its personality, which it sets itself before its
         seccomp filters may deny that (engine/schedattrs.py)."""
+        from engine import userns
+        users = self.doc.get("userns") or {}
         for p in self.doc["processes"]:
             if "sched" in p:
+                why = userns.owned_top(p.get("userns"), users) and schedattrs.beyond_user(p["sched"], p.get("rlimits"))
+                if why:
+                    raise RestoreError(errno.EPERM, f"process {p['pid']}: {why}, which its rootless tree's user "
+                                                    "could not give it")
                 try:
                     schedattrs.apply(self.hostpid[p["pid"]], p["sched"], self.hostproc)
                     if p["sched"]["personality"] != schedattrs.personality(self.hostpid[p["pid"]], self.hostproc):
@@ -3179,7 +3185,11 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     # A slave copy: host mount events still arrive (external masters keep working),
     # nothing we do travels back to the host.
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
-    kernel.raise_hard_limits(p["rlimits"] for p in doc["processes"] if p.get("rlimits"))
+    # (not for a rootless tree's process: its stand-in, in its user namespace, only lowers what it
+    # inherits, and its user gets no hard limit above the restorer's)
+    from engine import userns
+    kernel.raise_hard_limits(p["rlimits"] for p in doc["processes"] if p.get("rlimits")
+                             and userns.owned_top(p.get("userns"), doc.get("userns") or {}) is None)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * len([m for ns in doc["mntns"].values() for m in ns["mounts"]]) + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
