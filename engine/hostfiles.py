@@ -47,74 +47,173 @@ class Gates:
         return self._by_ns[ino]
 
 
-def _searchable(gate, d: int) -> bool:
-    return userns.may_search(gate[1], d, lambda st: userns.maps_file("top", {"top": gate[0]}, st))
+def _maps(gate):
+    return lambda st: userns.maps_file("top", {"top": gate[0]}, st)
 
 
-def reachable(gate, root: int, rel: str, flags: int) -> bool:
+def reachable(gate, root: int, rel: str, flags: int, fn=None) -> bool:
     """Whether restore would open `rel` (beneath the mount root at fd `root`) with `flags` for a
-    process of gate `gate` (Gates.of's): as its user, else as its namespace's root on a file of
-    mapped ids reached through directories its user may search or of mapped ids, no symlink on the
-    way."""
-    want = os.O_PATH if flags & os.O_PATH else _ACCESS.get(flags & os.O_ACCMODE, os.O_RDONLY)
-    want |= os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    process of gate `gate` (Gates.of's): userns.reach's rule, restore's own, on a walk from that
+    root with no symlink on the way. `fn(fd)` (given an O_PATH fd on the file, run as the user
+    first): what restore does there instead of an open (a socket's connect: may it write it)."""
+    # (openat2 takes no flag but these with O_PATH: EINVAL, which once passed every O_PATH fd over)
+    want = (os.O_PATH | os.O_CLOEXEC if flags & os.O_PATH
+            else _ACCESS.get(flags & os.O_ACCMODE, os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+
+    def at():
+        return kernel.openat2(root, rel or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _WALK)
+
+    def opened():
+        if fn is not None:
+            fd = at()
+            try:
+                return fn(fd)
+            finally:
+                os.close(fd)
+        os.close(kernel.openat2(root, rel or ".", want, _WALK))
+
+    def dirs():
+        parts, out = [x for x in rel.split("/") if x], []
+        try:
+            for k in range(len(parts) + 1):
+                out.append(kernel.openat2(root, "/".join(parts[:k]) or ".",
+                                          os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _WALK))
+                if k < len(parts) and not stat.S_ISDIR(os.fstat(out[-1]).st_mode):
+                    raise PermissionError(errno.EACCES, "a symlink on the way")
+            if parts and stat.S_ISLNK(os.fstat(out[-1]).st_mode):
+                raise PermissionError(errno.EACCES, "a symlink at the end")
+        except BaseException:
+            for fd in out:
+                os.close(fd)
+            raise
+        os.close(out.pop())   # (the file's own; the walk's are the rest)
+        return out
     try:
-        with kernel.as_user_for_a_while(*gate[1]):
-            os.close(kernel.openat2(root, rel or ".", want, _WALK))
+        userns.reach(gate[1], _maps(gate), opened, at, dirs)
         return True
     except PermissionError:
-        pass
-    parts = [x for x in rel.split("/") if x]
-    fds: list[int] = []
+        return False
+
+
+def may_connect(fd: int) -> None:
+    """reachable's `fn` for a socket file (O_PATH fd `fd`): restore connects through its /proc
+    magic link, which asks write permission on the socket file alone (PermissionError without)."""
+    if not os.access(f"/proc/self/fd/{fd}", os.W_OK, effective_ids=True):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+
+def unreached(gates: Gates, pid: int, target: str, flags: int, mnt_id: int | None, host_mnts: set, mounts,
+              fn=None) -> tuple | None:
+    """The gate of `pid` when `target` (a file with `flags` on mount `mnt_id` of its namespace's
+    `mounts`) is a host's file (`host_mnts`) its rootless tree holds and restore would not open
+    for it (reachable), else None. None too when the look cannot tell (the mount covered, the file
+    gone): dump tells once stopped, restore decides."""
+    if mnt_id is None or mnt_id not in host_mnts or not target.startswith("/") or target.endswith(kernel.DELETED):
+        return None
     try:
-        for k in range(len(parts) + 1):
-            fds.append(kernel.openat2(root, "/".join(parts[:k]) or ".", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                      _WALK))
-            if k < len(parts) and not stat.S_ISDIR(os.fstat(fds[-1]).st_mode):
-                return False
-        if stat.S_ISLNK(os.fstat(fds[-1]).st_mode) or not userns.maps_file("top", {"top": gate[0]},
-                                                                           os.fstat(fds[-1])):
-            return False
-        return all(_searchable(gate, d) for d in fds[:-1])
+        gate = gates.of(pid)
+    except OSError:
+        return None   # (gone meanwhile: dump tells, once the tree is stopped)
+    if gate is None:
+        return None
+    m = next((m for m in mounts if m.mnt_id == mnt_id), None)
+    if m is None or not (target == m.mountpoint or target.startswith(m.mountpoint.rstrip("/") + "/")):
+        return None
+    rel = target[len(m.mountpoint.rstrip("/")):].lstrip("/")
+    try:
+        root = os.open(f"/proc/{pid}/root{m.mountpoint}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if kernel.statx_mnt_id("", root, kernel.AT_EMPTY_PATH) != mnt_id:
+            return None
+        ok = reachable(gate, root, rel, flags, fn)
+    except OSError:
+        return None
     finally:
-        for fd in fds:
-            os.close(fd)
+        os.close(root)
+    return None if ok else gate
 
 
 def check_fd(gates: Gates, pid: int, n: str, target: str, flags: int, mnt_id: int | None, host_mnts: set,
              mounts) -> None:
     """Refuse fd `n` of `pid` (a file `target` with `flags` on mount `mnt_id` of its namespace's
     `mounts`) when it is a host's file (`host_mnts`) a rootless tree holds and restore would not
-    open for it (FdError EACCES, one line). Passed over when the look cannot tell (the mount
-    covered, the file gone): dump tells once stopped, restore decides."""
-    if mnt_id is None or mnt_id not in host_mnts or not target.startswith("/"):
-        return
-    try:
-        gate = gates.of(pid)
-    except OSError:
-        return   # (gone meanwhile: dump tells, once the tree is stopped)
-    if gate is None:
-        return
-    m = next((m for m in mounts if m.mnt_id == mnt_id), None)
-    if m is None or not (target == m.mountpoint or target.startswith(m.mountpoint.rstrip("/") + "/")):
-        return
-    rel = target[len(m.mountpoint.rstrip("/")):].lstrip("/")
-    try:
-        root = os.open(f"/proc/{pid}/root{m.mountpoint}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        if kernel.statx_mnt_id("", root, kernel.AT_EMPTY_PATH) != mnt_id:
-            return
-        ok = reachable(gate, root, rel, flags)
-    except OSError:
-        return
-    finally:
-        os.close(root)
-    if not ok:
+    open for it (FdError EACCES, one line; `unreached`)."""
+    gate = unreached(gates, pid, target, flags, mnt_id, host_mnts, mounts)
+    if gate is not None:
         raise FdError(errno.EACCES, f"process {pid} fd {n}: {target} is a file of the host's that its rootless "
                                     f"tree's user (uid {gate[1][0]}) could not open (root opened it): restore would "
                                     "refuse it; declare it --external file[PATH]:KEY, or have the tree open it as its user")
+
+
+def check_connect(gates: Gates, pid: int, where: str, name: str, vfs, host_mnts: set, mounts) -> None:
+    """Refuse (FdError EACCES, one line) socket `where` of `pid` connected to path `name`, the
+    socket file (`vfs`: sock_diag's (ino, dev) of its socket) on the host's files, when its rootless
+    tree's user could not reach it (its walk) or connect to it (write it): restore opens and
+    connects it by userns.reach's rule (engine/fds/unix.py _connect_to) and would refuse it. Passed
+    over when the name leads elsewhere now (restore decides)."""
+    if vfs is None or not name.startswith("/"):
+        return
+    link = f"/proc/{pid}/root{name}"
+    try:
+        st = os.stat(link, follow_symlinks=False)
+        mnt_id = kernel.statx_mnt_id(link, flags=kernel.AT_SYMLINK_NOFOLLOW)
+    except OSError:
+        return   # (gone meanwhile, or its directory out of our reach: restore decides)
+    if not stat.S_ISSOCK(st.st_mode) or (st.st_ino, st.st_dev) != (vfs[0], os.makedev(vfs[1] >> 20, vfs[1] & 0xFFFFF)):
+        return
+    gate = (unreached(gates, pid, name, os.O_PATH, mnt_id, host_mnts, mounts)
+            or unreached(gates, pid, name, os.O_WRONLY, mnt_id, host_mnts, mounts, may_connect))
+    if gate is not None:
+        raise FdError(errno.EACCES, f"{where}: connected to {name}, a socket file of the host's its rootless tree's "
+                                    f"user (uid {gate[1][0]}) could not connect to (root connected it): restore would "
+                                    "refuse it; have the tree connect as its user, or make the socket writable for it")
+
+
+def check_process(gates: Gates, pid: int, host_mnts: set, mounts) -> None:
+    """Refuse (FdError EACCES, one line) the root, cwd, executable or a mapped file of `pid` when
+    it is a host's file its rootless tree's user could not reach (`unreached`: restore opens each
+    by the same rule, and would refuse it)."""
+    if not host_mnts:
+        return
+    try:
+        if gates.of(pid) is None:
+            return
+    except OSError:
+        return   # (gone meanwhile)
+    for what, link, flags in _process_files(pid):
+        try:
+            target, mnt_id = os.readlink(link), kernel.statx_mnt_id(link)
+        except OSError:
+            continue   # (gone or unmapped meanwhile)
+        gate = unreached(gates, pid, target, flags, mnt_id, host_mnts, mounts)
+        if gate is not None:
+            raise FdError(errno.EACCES, f"process {pid} {what} ({target}) is on the host's files, where its "
+                                        f"rootless tree's user (uid {gate[1][0]}) could not reach it: restore would "
+                                        "refuse it; make it (and the directories above it) reachable for that user, "
+                                        "or start the process from a place of the tree's own")
+
+
+def _process_files(pid: int):
+    """(what, magic link, flags restore opens it with) of `pid`'s root, cwd, executable and each
+    file it maps (once each)."""
+    yield "root", f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY
+    yield "cwd", f"/proc/{pid}/cwd", os.O_PATH | os.O_DIRECTORY
+    yield "executable", f"/proc/{pid}/exe", os.O_RDONLY
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return   # (gone meanwhile)
+    seen: set[str] = set()
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) < 6 or not parts[5].startswith("/") or parts[5] in seen:
+            continue
+        seen.add(parts[5])
+        lo, _, hi = parts[0].partition("-")
+        yield "mapping", f"/proc/{pid}/map_files/{int(lo, 16):x}-{int(hi, 16):x}", os.O_RDONLY
 
 
 def check_mount_roots(gates: Gates, view) -> None:

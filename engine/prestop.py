@@ -227,6 +227,7 @@ def _check(view: View, tree, texts, ext_mnts, leave_running: bool, ext_files, ex
         sysvipc.precheck(pids)
         netdevs.precheck(pids, ext_veths)
         schedattrs.precheck(pids)
+        schedattrs.precheck_rootless(pids, _rootless_of())
         timens.precheck(pids)
         seccomp.precheck(pids)
         loginuid.precheck(pids)
@@ -783,6 +784,13 @@ def _open_mounts(view: View, wanted: list[tuple[str, dict]]) -> dict[tuple[str, 
     return out
 
 
+def _rootless_of():
+    """pid -> whether it is a process of a rootless tree (engine/hostfiles.py Gates)."""
+    from engine import hostfiles
+    gates = hostfiles.Gates()
+    return lambda pid: gates.of(pid) is not None
+
+
 def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[str]) -> None:
     """Each fd's kind's precheck (a process or fd gone meanwhile is passed over), dump's rule for a
     file open under a deleted name (engine/mountrules.py `deleted_file`), then each kind's prefinish,
@@ -794,7 +802,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                                    if view.superblocks[e["sb"]]["external"]}}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}
     from engine import hostfiles   # (a rootless tree's host files: restore's gate, asked first)
-    gates = hostfiles.Gates()
+    gates = scratch["gates"] = hostfiles.Gates()
     used: set[str] = set()
     held: set[str] = set()     # paths of ext_files some fd shows
     complete = True            # every fd was seen
@@ -806,6 +814,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
             _detached_dirs(pid, view, unplaced)
             _check_deleted_maps(pid, view)
             _check_exe(pid, view)
+            hostfiles.check_process(gates, pid, scratch["host_mnts"], view.ns_mounts.get(name, []))
             try:
                 names = os.listdir(f"/proc/{pid}/fd")
                 pidfd = kernel.pidfd_open(pid)

@@ -129,13 +129,6 @@ def parse_externals(specs, root: str | None) -> dict[str, str]:
     return out
 
 
-def _searchable(gate, users: dict, d: int) -> bool:
-    """Whether the user of `gate` (userns.host_gate's) may search directory `d` (an O_PATH fd), or
-    its namespace's root on a directory of ids the namespace maps (`users`: the image's)."""
-    from engine import userns
-    return userns.may_search(gate[1], d, lambda st: userns.maps_file(gate[0], users, st))
-
-
 def _open_external(path: str, flags: int) -> int:
     """Open the host file `path` given for an external fd with its dumped `flags`; a FIFO without
     blocking (an open for writing would wait for a reader forever: ENXIO says there is none)."""
@@ -2656,11 +2649,9 @@ class _Restorer:
 
     def host_reach(self, gate):
         """reach(mnt, at, fn, dirs=None) -> fn(), run as root where `gate` (userns.host_gate's, or
-        None) lets it: on a mount `mnt` of the host, fn runs as the gate's user first; denied that,
-        as root only on a file (an O_PATH fd at()) whose ids the tree's outermost owned user
-        namespace maps, reached through directories (O_PATH fds dirs(), the mount's root first)
-        each of which the user may search or whose ids it maps too: its root passes a walk's
-        search checks only so (a file of mapped ids in root's 0700 directory stays out of reach)."""
+        None) lets it: on a mount `mnt` of the host, by userns.reach's rule (fn as the gate's user
+        first; denied that, as root only on a file of ids the tree's outermost owned user namespace
+        maps, at(), reached through directories, dirs(), its user may search or of mapped ids)."""
         if gate is None:
             return lambda mnt, at, fn, dirs=None: fn()
         from engine import userns
@@ -2669,28 +2660,7 @@ class _Restorer:
         def reach(mnt, at, fn, dirs=None):
             if mnt not in host:
                 return fn()
-            try:
-                with kernel.as_user_for_a_while(*gate[1]):
-                    return fn()
-            except PermissionError:
-                fd = at()
-                try:
-                    if not userns.maps_file(gate[0], users, os.fstat(fd)):
-                        raise
-                finally:
-                    os.close(fd)
-                if dirs is not None:
-                    try:
-                        walked = dirs()
-                    except PermissionError:
-                        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
-                    try:
-                        if not all(_searchable(gate, users, d) for d in walked):
-                            raise
-                    finally:
-                        for d in walked:
-                            os.close(d)
-            return fn()
+            return userns.reach(gate[1], lambda st: userns.maps_file(gate[0], users, st), fn, at, dirs)
         return reach
 
     def _mount_gates(self, m: dict) -> list:
@@ -3078,8 +3048,14 @@ class _Restorer:
         """Each stand-in's scheduling attributes, set from here once every stand-in exists and
         before any makes its threads, and its personality, which it sets itself before its
         seccomp filters may deny that (engine/schedattrs.py)."""
+        from engine import userns
+        users = self.doc.get("userns") or {}
         for p in self.doc["processes"]:
             if "sched" in p:
+                why = userns.owned_top(p.get("userns"), users) and schedattrs.beyond_user(p["sched"], p.get("rlimits"))
+                if why:
+                    raise RestoreError(errno.EPERM, f"process {p['pid']}: {why}, which its rootless tree's user "
+                                                    "could not give it")
                 try:
                     schedattrs.apply(self.hostpid[p["pid"]], p["sched"], self.hostproc)
                     if p["sched"]["personality"] != schedattrs.personality(self.hostpid[p["pid"]], self.hostproc):
@@ -3219,7 +3195,11 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     # A slave copy: host mount events still arrive (external masters keep working),
     # nothing we do travels back to the host.
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
-    kernel.raise_hard_limits(p["rlimits"] for p in doc["processes"] if p.get("rlimits"))
+    # (not for a rootless tree's process: its stand-in, in its user namespace, only lowers what it
+    # inherits, and its user gets no hard limit above the restorer's)
+    from engine import userns
+    kernel.raise_hard_limits(p["rlimits"] for p in doc["processes"] if p.get("rlimits")
+                             and userns.owned_top(p.get("userns"), doc.get("userns") or {}) is None)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * len([m for ns in doc["mntns"].values() for m in ns["mounts"]]) + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

@@ -96,6 +96,49 @@ def _refusal(pid: int, got: dict) -> str | None:
     return None
 
 
+def beyond_user(want: dict, rlimits: dict | None) -> str | None:
+    """What of attributes `want` a process of a rootless tree (its outermost user namespace a
+    non-root user's) could not give itself, or None: the kernel's rules for a process without
+    CAP_SYS_NICE or CAP_SYS_RESOURCE of the initial user namespace, under its soft resource limits
+    `rlimits` ({NAME: [soft, hard]}, -1: unlimited): a real-time priority above its RTPRIO, a
+    negative nice value below 20 - its NICE (0, every process's start, needs none), the real-time
+    I/O class, a negative oom_score_adj. Restore sets these from outside with its own privilege
+    (`apply`); for such a tree only as far as its user could (an image of a rootless tree must not
+    hand that user SCHED_FIFO 99 or oom_score_adj -1000); dump refuses the same first
+    (`precheck_rootless`)."""
+    def soft(name: str) -> float:
+        v = (rlimits or {}).get(name, [0, 0])[0]
+        return float("inf") if v == -1 else v
+    base = want["policy"] & ~SCHED_RESET_ON_FORK
+    if base in (1, 2) and want["rt_priority"] > soft("RTPRIO"):
+        return f"its real-time priority {want['rt_priority']} lies above its RLIMIT_RTPRIO"
+    if want["nice"] < 0 and 20 - want["nice"] > soft("NICE"):
+        return f"its nice value {want['nice']} lies below what its RLIMIT_NICE allows"
+    if want["ioprio"] >> _IOPRIO_CLASS_SHIFT == 1:
+        return "its I/O class is the real-time one"
+    if want["oom_score_adj"] < 0:
+        return f"its oom_score_adj {want['oom_score_adj']} is negative"
+    return None
+
+
+def precheck_rootless(pids: list[int], rootless) -> None:
+    """Refuse (SchedError, one line), before the stop, a process of a rootless tree (`rootless(pid)`
+    true) whose attributes restore would not give it (`beyond_user`, restore's own rule): a dump that
+    succeeds must restore."""
+    from engine import kernel
+    for pid in pids:
+        try:
+            if not rootless(pid):
+                continue
+            why = beyond_user(values(pid), kernel.read_rlimits(pid))
+        except OSError:
+            continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        if why:
+            raise SchedError(errno.EPERM, f"process {pid}: {why}, which restore gives no process of a rootless "
+                                          "tree (its user could not): lower it (chrt, renice, ionice, choom) and "
+                                          "dump again")
+
+
 _CAP_SYS_NICE, _CAP_SYS_RESOURCE = 23, 24
 
 

@@ -641,6 +641,39 @@ def may_search(ids: tuple, d: int, maps) -> bool:
         return maps(os.fstat(d))
 
 
+def reach(ids: tuple, maps, fn, at, dirs=None):
+    """fn(), the one rule by which a rootless tree gets a file of the host's (restore's gate,
+    engine/restore.py host_reach, and dump's look before the stop, engine/hostfiles.py, ask it
+    alike): fn runs as user `ids` ((uid, gid, groups)) first; denied that (PermissionError), as root
+    only on a file (an O_PATH fd at()) whose stat `maps(st)` says the tree's outermost owned user
+    namespace maps, reached through directories (O_PATH fds dirs(), the mount's root first) each of
+    which the user may search or whose ids it maps too (may_search): its root passes a walk's
+    search checks only so (a file of mapped ids in root's 0700 directory stays out of reach).
+    Else that PermissionError is raised."""
+    try:
+        with kernel.as_user_for_a_while(*ids):
+            return fn()
+    except PermissionError:
+        fd = at()
+        try:
+            if not maps(os.fstat(fd)):
+                raise
+        finally:
+            os.close(fd)
+        if dirs is not None:
+            try:
+                walked = dirs()
+            except PermissionError:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
+            try:
+                if not all(may_search(ids, d, maps) for d in walked):
+                    raise
+            finally:
+                for d in walked:
+                    os.close(d)
+    return fn()
+
+
 def may_walk(ids: tuple, top: int, rel: str, maps, resolve: int) -> bool:
     """Whether user `ids` may walk from directory `top` (an fd) to `rel` beneath it: each directory
     above `rel` one it may search (may_search, `maps`), opened with openat2's `resolve`, no symlink

@@ -95,6 +95,10 @@ def _precheck(d) -> None:
             name = unix.peer_name(d, s, k.typ, peer, k.diag if case == "embryo" else k.peer_diag, k.inflight)
             if case == "client":
                 entry.update({"connect": name, "_peer": f"{k.peer_netns}:{peer}"})
+                if "path" in name and d.scratch.get("gates") is not None:   # (restore's rootless gate, asked first)
+                    from engine import hostfiles
+                    hostfiles.check_connect(d.scratch["gates"], d.pid, d.where, name["path"],
+                                            k.peer_diag.get(peer, {}).get("vfs"), d.scratch["host_mnts"], d.mounts)
         if case in ("pair", "dangling", "backlog"):
             unix_queue.refuse_passcred_queue(s, c, d.where)
         if case == "pair":
