@@ -3,8 +3,9 @@ SO_PASSSEC (journald, systemd's notify socket, dbus: the receiver gets its sende
 SO_TIMESTAMP(NS) (a timestamp with each message), the buffer sizes (journald's /dev/log forces 8
 MiB past rmem_max), the timeouts, SO_RCVLOWAT, a peek offset (SO_PEEK_OFF: where the program's
 next MSG_PEEK starts; kept when set, set again before the queue is sent again, which moves it not),
-SO_PASSPIDFD (systemd's sockets: a pidfd of the sender with each message) and SO_PASSRIGHTS off
-(fds refused in flight to it).
+SO_PASSPIDFD (systemd's sockets: a pidfd of the sender with each message), SO_PASSRIGHTS off
+(fds refused in flight to it) and SO_PRIORITY (the priority its messages carry; a restored socket
+had 0: tests/test_engine_unix_priority.py).
 
 Dump reads them on its copy of the socket; restore sets those that differ from the new socket's,
 on the socket it made: a buffer size past the limit with SO_RCVBUFFORCE/SO_SNDBUFFORCE (as the
@@ -25,11 +26,11 @@ OPTS = {
     "passcred": (16, "int"), "passsec": (34, "int"), "timestamp": (29, "int"), "timestampns": (35, "int"),
     "rcvbuf": (8, "int"), "sndbuf": (7, "int"), "rcvlowat": (18, "int"), "keepalive": (9, "int"),
     "rcvtimeo": (20, "timeval"), "sndtimeo": (21, "timeval"), "peek_off": (42, "int"),
-    "passpidfd": (76, "int"), "passrights": (83, "int"),
+    "passpidfd": (76, "int"), "passrights": (83, "int"), "priority": (12, "int"),
 }
 # Left out of the image at the value every new socket has: an image of a socket that never set them
 # restores where the kernel lacks the option (SO_PASSPIDFD: Linux 6.5, SO_PASSRIGHTS: 6.16).
-_UNSET = {"peek_off": -1, "passpidfd": 0, "passrights": 1}
+_UNSET = {"peek_off": -1, "passpidfd": 0, "passrights": 1, "priority": 0}
 _FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
 _TIMEVAL = struct.Struct("ll")
 
