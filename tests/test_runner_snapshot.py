@@ -117,6 +117,36 @@ def test_a_one_shot_timer_that_fired_unread_counts_as_armed():
         os.close(idle)
 
 
+
+def test_a_ptys_termios_and_window_size_are_compared():
+    """The snapshot shows a pty's termios and window size, from either end (a master's ioctls read
+    its slave's): restore gives them back (engine/fds/pty.py), so a restored terminal of another
+    size or with echo back on differs (`podman exec -t`, tmux and vim rely on them)."""
+    import fcntl
+    import struct
+    import termios
+    from zdtm import fdkinds
+
+    master, slave = os.openpty()
+    try:
+        def seen():
+            return [fdkinds.details(os.getpid(), fd, os.readlink(f"/proc/self/fd/{fd}")) for fd in (master, slave)]
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        before = seen()
+        assert "winsize=24x80,0x0" in before[0] and "winsize=24x80,0x0" in before[1]
+        assert before[0].split(" termios=")[1] == before[1].split(" termios=")[1]
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+        resized = seen()
+        assert "winsize=50x132,0x0" in resized[0] and resized[0] != before[0]
+        attrs = termios.tcgetattr(slave)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        assert seen()[0].split(" termios=")[1] != resized[0].split(" termios=")[1]
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 _LATE_WRITER = """
 import os, signal, sys, time
 r, w = os.pipe()
