@@ -312,3 +312,32 @@ def test_a_process_that_exits_while_the_tree_is_read_is_left_out(monkeypatch):
     finally:
         snapshot.kill_tree(root.pid)
         root.wait()
+
+
+@pytest.mark.skipif(not shutil.which("ip") or not shutil.which("unshare"), reason="needs ip(8) and unshare(1)")
+def test_an_interfaces_mac_address_and_mtu_are_compared():
+    """A network namespace's interfaces are compared with their MTU and MAC address: restore makes
+    a veth's ends again with the kept ones (engine/netlinks_make.py); made with new random ones
+    (an address, its IPv6 link-local address, the neighbours' caches) nothing else showed it."""
+    import subprocess
+    import types
+    p = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link add d0 type veth peer name d1 && echo ok && exec sleep 60"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ok"
+        proc = types.SimpleNamespace(pid=p.pid, ns={"net": os.stat(f"/proc/{p.pid}/ns/net").st_ino}, net="")
+
+        def seen():
+            snapshot._net_sysctls([proc])
+            return proc.net
+        ip = ["nsenter", "-t", str(p.pid), "-n", "ip", "link", "set", "d0"]
+        subprocess.run(ip + ["address", "02:00:00:00:35:01", "mtu", "1400"], check=True)
+        before = seen()
+        assert "d0 mtu=1400 mac=02:00:00:00:35:01" in before
+        subprocess.run(ip + ["address", "02:00:00:00:35:02"], check=True)
+        assert seen() != before
+        subprocess.run(ip + ["address", "02:00:00:00:35:01", "mtu", "1300"], check=True)
+        assert seen() != before
+    finally:
+        p.kill()
+        p.wait()
