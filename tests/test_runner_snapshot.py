@@ -117,6 +117,36 @@ def test_a_one_shot_timer_that_fired_unread_counts_as_armed():
         os.close(idle)
 
 
+
+def test_a_ptys_termios_and_window_size_are_compared():
+    """The snapshot shows a pty's termios and window size, from either end (a master's ioctls read
+    its slave's): restore gives them back (engine/fds/pty.py), so a restored terminal of another
+    size or with echo back on differs (`podman exec -t`, tmux and vim rely on them)."""
+    import fcntl
+    import struct
+    import termios
+    from zdtm import fdkinds
+
+    master, slave = os.openpty()
+    try:
+        def seen():
+            return [fdkinds.details(os.getpid(), fd, os.readlink(f"/proc/self/fd/{fd}")) for fd in (master, slave)]
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        before = seen()
+        assert "winsize=24x80,0x0" in before[0] and "winsize=24x80,0x0" in before[1]
+        assert before[0].split(" termios=")[1] == before[1].split(" termios=")[1]
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+        resized = seen()
+        assert "winsize=50x132,0x0" in resized[0] and resized[0] != before[0]
+        attrs = termios.tcgetattr(slave)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        assert seen()[0].split(" termios=")[1] != resized[0].split(" termios=")[1]
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 _LATE_WRITER = """
 import os, signal, sys, time
 r, w = os.pipe()
@@ -282,3 +312,32 @@ def test_a_process_that_exits_while_the_tree_is_read_is_left_out(monkeypatch):
     finally:
         snapshot.kill_tree(root.pid)
         root.wait()
+
+
+@pytest.mark.skipif(not shutil.which("ip") or not shutil.which("unshare"), reason="needs ip(8) and unshare(1)")
+def test_an_interfaces_mac_address_and_mtu_are_compared():
+    """A network namespace's interfaces are compared with their MTU and MAC address: restore makes
+    a veth's ends again with the kept ones (engine/netlinks_make.py); made with new random ones
+    (an address, its IPv6 link-local address, the neighbours' caches) nothing else showed it."""
+    import subprocess
+    import types
+    p = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link add d0 type veth peer name d1 && echo ok && exec sleep 60"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ok"
+        proc = types.SimpleNamespace(pid=p.pid, ns={"net": os.stat(f"/proc/{p.pid}/ns/net").st_ino}, net="")
+
+        def seen():
+            snapshot._net_sysctls([proc])
+            return proc.net
+        ip = ["nsenter", "-t", str(p.pid), "-n", "ip", "link", "set", "d0"]
+        subprocess.run(ip + ["address", "02:00:00:00:35:01", "mtu", "1400"], check=True)
+        before = seen()
+        assert "d0 mtu=1400 mac=02:00:00:00:35:01" in before
+        subprocess.run(ip + ["address", "02:00:00:00:35:02"], check=True)
+        assert seen() != before
+        subprocess.run(ip + ["address", "02:00:00:00:35:01", "mtu", "1300"], check=True)
+        assert seen() != before
+    finally:
+        p.kill()
+        p.wait()

@@ -324,16 +324,27 @@ def _is_pty(rdev: int) -> bool:
 
 def _pty(pid: int, fd: int) -> str:
     """The bytes waiting in a pty, seen from this end: to be read here (FIONREAD: output on a
-    master, input on a slave) and not sent yet (TIOCOUTQ); a loss at C/R shows."""
+    master, input on a slave) and not sent yet (TIOCOUTQ); a loss at C/R shows. And the terminal's
+    settings, which restore gives back (engine/fds/pty.py): termios and window size (a master's
+    ioctls read its slave's: the one terminal both ends see)."""
     c = _copy(pid, fd)
     try:
         try:
             outq = struct.unpack("i", fcntl.ioctl(c, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-            return f"tty inq={_inq(c)} outq={outq}" + _pty_node(c)
+            return f"tty inq={_inq(c)} outq={outq}" + _pty_node(c) + _pty_settings(c)
         except OSError:
             return "tty hung-up"   # (a slave whose master is gone: EIO)
     finally:
         os.close(c)
+
+
+def _pty_settings(c: int) -> str:
+    """" termios=IFLAG,OFLAG,CFLAG,LFLAG,ISPEED,OSPEED cc=HEX winsize=ROWSxCOLS,XPIXxYPIX" of the pty fd `c`."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(c)
+    chars = bytes(x if isinstance(x, int) else ord(x) for x in cc).hex()
+    rows, cols, xpix, ypix = struct.unpack("HHHH", fcntl.ioctl(c, termios.TIOCGWINSZ, b"\0" * 8))
+    return (f" termios={iflag:o},{oflag:o},{cflag:o},{lflag:o},{ispeed},{ospeed} cc={chars}"
+            f" winsize={rows}x{cols},{xpix}x{ypix}")
 
 
 def _pty_node(c: int) -> str:

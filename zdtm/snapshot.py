@@ -652,7 +652,7 @@ def _net_sysctls(procs: list[Proc]) -> None:
     """Each process's `net`: the sysctls of its network namespace that differ from a fresh one's
     (engine/netvars.py), its interfaces (up or not), addresses, routes and multicast memberships
     (engine/fds/inet_net.py), read once per namespace, when it is not the runner's."""
-    from engine import netvars
+    from engine import forkrun, netvars
     from engine.fds import inet_net
     own = os.stat("/proc/self/ns/net").st_ino
     seen: dict[int, str] = {}
@@ -665,12 +665,28 @@ def _net_sysctls(procs: list[Proc]) -> None:
                 fd = os.open(f"/proc/{p.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     state = inet_net.state_of(fd)
+                    state["link attrs"] = forkrun.run(_link_attrs_in, fd)
                 finally:
                     os.close(fd)
                 seen[ino] = netvars.of_process(p.pid) + "".join(f"; {k} {state[k]}" for k in sorted(state))
             except FileNotFoundError:
                 raise SnapshotError(f"process {p.pid} vanished while being read") from None
         p.net = seen[ino]
+
+
+def _link_attrs_in(fd: int) -> list[str]:
+    """In a child: join network namespace `fd` and name each of its interfaces' MTU and MAC address
+    ("NAME mtu=N mac=M", sorted), which restore makes again (engine/netlinks_make.py) and
+    inet_net.state leaves out: a veth made with a new random address would show only here."""
+    import socket
+    from engine import kernel, rtnl
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    out = []
+    for _t, msg in rtnl.dump(rtnl.RTM_GETLINK, rtnl.IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        a = rtnl.attrs(msg, rtnl.IFINFO.size)
+        mac = a.get(rtnl.IFLA_ADDRESS) or b""
+        out.append(f"{rtnl.text(a.get(rtnl.IFLA_IFNAME))} mtu={rtnl.u32(a.get(rtnl.IFLA_MTU))} mac={mac.hex(':')}")
+    return sorted(out)
 
 
 def _pdeath_signals(procs: list[Proc]) -> None:
