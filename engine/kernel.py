@@ -838,13 +838,14 @@ def cap_names(mask: int) -> list[str]:
 
 _CAP_KEYS = tuple("Cap" + s.capitalize() for s in CAP_SETS)
 # The /proc/PID/status lines dump reads of every stopped process (read_caps, read_fs_bits,
-# read_ignored_signals, read_blocked_signals, thp.read): read_process_status reads them at once.
-PROCESS_KEYS = (*_CAP_KEYS, "Umask", "NoNewPrivs", "SigIgn", "SigBlk", "THP_enabled")
+# read_ignored_signals, read_blocked_signals, thp.read, seccomp.read, timersigs.caught):
+# read_process_status reads them at once.
+PROCESS_KEYS = (*_CAP_KEYS, "Umask", "NoNewPrivs", "SigIgn", "SigBlk", "SigCgt", "Seccomp", "THP_enabled")
 
 
 def read_process_status(pid: int) -> dict[str, str]:
     """PROCESS_KEYS' lines of /proc/PID/status in one read, for the read_* functions' `got`: one read
-    of a stopped process instead of one each (5 a process a dump)."""
+    of a stopped process instead of one each (8 a process a dump)."""
     return proc_status(pid, PROCESS_KEYS)
 
 

@@ -28,7 +28,7 @@ import ctypes
 import mmap
 import os
 
-from engine import kernel, lastword, posixtimers, seccomp, threads as threadsteps
+from engine import kernel, lastword, posixtimers, procargs, seccomp, threads as threadsteps
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -157,12 +157,15 @@ def exe_regions(maps: str, start_code: int) -> list[tuple[int, int]]:
 
 def _interpreter() -> tuple | None:
     """(regions of our executable [(addr, len)], /proc/self/stat fields) read now, while /proc is
-    the host's (stand-ins are forks of the restorer: same layout; they chroot later)."""
+    the host's (stand-ins are forks of the restorer: same layout; they chroot later). The stat
+    fields are procargs' read at its import (the fields used here never change in a process's
+    life: code, data, stack and brk start, argument and environment bounds)."""
     if os.uname().machine != "x86_64":
         return None
+    st = procargs.STAT
+    if st is None:
+        return None   # (/proc/self/stat could not be read)
     try:
-        with open("/proc/self/stat", errors="surrogateescape") as f:
-            st = f.read().rsplit(")", 1)[1].split()
         with open("/proc/self/maps") as f:
             regions = exe_regions(f.read(), int(st[26 - 3]))
         return (regions, st) if regions else None

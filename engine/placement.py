@@ -59,20 +59,21 @@ def _asked_inside(pid: int, filters: list | None, subreaper_too: bool, pdeathsig
     return out
 
 
-def _timers(pid: int, entry: dict, got: dict, timers: list[dict]) -> None:
+def _timers(pid: int, entry: dict, got: dict, timers: list[dict], status: dict[str, str]) -> None:
     """Its POSIX and armed interval timers (engine/posixtimers.py, engine/itimers.py) into `entry`,
-    with the timer signals it caught (engine/timersigs.py)."""
+    with the timer signals it caught (engine/timersigs.py; `status`: the stopped process's
+    kernel.read_process_status)."""
     if timers:
         entry["posix_timers"] = posixtimers.record(pid, timers, got[posixtimers])
     armed = itimers.read(pid, got[itimers])
     if armed:
         entry["itimers"] = armed
-    mask = timersigs.caught(pid, timersigs.delivered(entry))
+    mask = timersigs.caught(pid, timersigs.delivered(entry), status)
     if mask:
         entry["timer_sig_caught"] = mask
     # (SIGCHLD too: a parent the stop of its child reached before its own stop, which
     # freeze.stop_in_order waits for a moment only, runs its handler and stops inside it)
-    mask |= timersigs.caught(pid, {_signal.SIGCHLD})
+    mask |= timersigs.caught(pid, {_signal.SIGCHLD}, status)
     if entry.get("sig_blocked", 0) & mask:
         # (stopped inside a handler of one, most likely: the mask outside it, which the handler's
         # end puts back, else its stand-in would hold that timer's ticks pending for good, or
@@ -114,7 +115,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **zombies.pidns_children(pid, ns_of[pid]["pid"], names, dead),
             "fds": [],
             "comm": kernel.read_comm(pid),
-            "caps": kernel.read_caps(pid, status := kernel.read_process_status(pid)),   # (stopped: 1 read, 5 uses)
+            "caps": kernel.read_caps(pid, status := kernel.read_process_status(pid)),   # (stopped: 1 read, 8 uses)
             **kernel.read_fs_bits(pid, status),
             **kernel.read_ignored_signals(pid, status),
             **thp.read(pid, status),
@@ -125,14 +126,14 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry.update(procargs.read(pid))
             entry["sched"] = schedattrs.read(pid)
             entry.update(timens.read(pid, my_time, time_names))
-            filters = seccomp.read(pid)
+            filters = seccomp.read(pid, status)
             auid = loginuid.read(pid)
             posixtimers.check([pid])   # (one made since the check before the stop)
             timers = posixtimers.parse(pid)
             # (only a parent's flag is ever seen: a stand-in never forks; the root's parent-death
             # signal is not kept: its parent is outside the tree)
             got = _asked_inside(pid, filters, pid in parents and subreaper.asked(), pid != tree[0][0], timers)
-            _timers(pid, entry, got, timers)
+            _timers(pid, entry, got, timers, status)
             if subreaper in got and subreaper.read(pid, filters or [], got[subreaper]):
                 entry["child_subreaper"] = True
         except (procargs.ArgsError, schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,

@@ -46,7 +46,7 @@ def _stat() -> list[bytes] | None:
         return None
 
 
-_STAT = _stat()
+STAT = _stat()   # (engine/mappings.py reads its fields too: one read a process)
 
 
 class ArgsError(OSError):
@@ -106,10 +106,10 @@ def take(cmdline: bytes, environ: bytes) -> tuple[int, int, int, int]:
     """Make `cmdline` and `environ` what /proc/self/cmdline and /proc/self/environ show, with
     PR_SET_MM_MAP and our executable unchanged; returns the four addresses (for become_exe, whose
     own PR_SET_MM_MAP gives them again)."""
-    if _STAT is None:
+    if STAT is None:
         raise OSError(38, "its command line and environment: /proc/self/stat was not read")   # (ENOSYS)
     args = layout(cmdline, environ)
-    field = lambda n: int(_STAT[n - 3])   # noqa: E731  (field n, 1-indexed, of /proc/PID/stat)
+    field = lambda n: int(STAT[n - 3])   # noqa: E731  (field n, 1-indexed, of /proc/PID/stat)
     _libc.sbrk.restype = ctypes.c_void_p
     brk = _libc.sbrk(0)
     mm = struct.pack("=11QQII", field(26), field(27), field(45), field(46), field(47), brk, field(28),

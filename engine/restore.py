@@ -282,7 +282,8 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     fdkinds.load(kinds | {"file"})
     _load_for(doc)
     devices_line = _host_devices_refusal(doc, devices)
-    _check_caps(doc)
+    own = kernel.read_process_status(os.getpid())   # (one read for both checks: _check_no_new_privs below)
+    _check_caps(doc, own)
     _check_userns_owners(doc)
     # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach; not for
     # those read ahead (hashed by that helper: ~4 ms less before the fork).
@@ -302,7 +303,7 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     _check_fd_numbers(doc)
     _check_task_room(doc)
     _check_cpus(doc)
-    _check_no_new_privs(doc)
+    _check_no_new_privs(doc, own)
     chosen = strategy.current()
     if chosen.sharing == "refuse":
         for ns in doc["mntns"].values():
@@ -502,11 +503,12 @@ def _host_devices_refusal(doc: dict, devices: str) -> str | None:
     return None
 
 
-def _check_caps(doc: dict) -> None:
+def _check_caps(doc: dict, status: dict[str, str] | None = None) -> None:
     """A process outside any user namespace of the image has capabilities the restorer can give
     (a stand-in takes them from its own after the restore committed, where a failure is too late
-    to report; one in a user namespace of the image has them all there)."""
-    own = kernel.read_caps(os.getpid())
+    to report; one in a user namespace of the image has them all there). `status`: this process's
+    /proc/PID/status lines (kernel.proc_status), else read here."""
+    own = kernel.read_caps(os.getpid(), status)
     for p in doc["processes"]:
         caps = p.get("caps")
         if caps is None or "userns" in p:
@@ -551,11 +553,11 @@ def _check_fd_numbers(doc: dict) -> None:
                                                  f"limit (RLIMIT_NOFILE hard {hard}); raise it (ulimit -Hn)")
 
 
-def _check_no_new_privs(doc: dict) -> None:
+def _check_no_new_privs(doc: dict, status: dict[str, str] | None = None) -> None:
     """A restore that runs with no_new_privs set (inherited from its caller: a sandbox, a seccomp
     wrapper) makes every stand-in inherit it, and nothing clears it: refused when the image has a
     process without it (new images record the bit; older ones say nothing and are not refused)."""
-    if not kernel.read_fs_bits(os.getpid()).get("no_new_privs"):
+    if not kernel.read_fs_bits(os.getpid(), status).get("no_new_privs"):
         return
     clear = [p["pid"] for p in doc["processes"] if "umask" in p and not p.get("no_new_privs")]
     if clear:

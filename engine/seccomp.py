@@ -56,9 +56,10 @@ class SeccompError(OSError):
     """Filters restore could not give back (a one-line reason)."""
 
 
-def mode(pid: int) -> int:
-    """`pid`'s seccomp mode (0 none, 1 strict, 2 filter; /proc/PID/status Seccomp)."""
-    got = kernel.proc_status(pid, {"Seccomp"}).get("Seccomp")
+def mode(pid: int, status: dict[str, str] | None = None) -> int:
+    """`pid`'s seccomp mode (0 none, 1 strict, 2 filter; /proc/PID/status Seccomp); from `status`
+    (kernel.read_process_status's, of the stopped process) when given."""
+    got = (kernel.proc_status(pid, {"Seccomp"}) if status is None else status).get("Seccomp")
     return int(got) if got else 0
 
 
@@ -133,10 +134,10 @@ def _ptrace(req: int, pid: int, addr, data) -> int:
     return ret
 
 
-def read(pid: int) -> list[dict] | None:
+def read(pid: int, status: dict[str, str] | None = None) -> list[dict] | None:
     """The filters of stopped process `pid`, oldest first ([{"insns": hex, "log": bool}]), None
-    without any."""
-    m = mode(pid)
+    without any (`status`: as `mode`'s)."""
+    m = mode(pid, status)
     if m == 0:
         return None
     if m != MODE_FILTER:

@@ -32,11 +32,13 @@ def delivered(entry: dict) -> set[int]:
             | {itimers.SIGNALS[t["which"]] for t in entry.get("itimers") or ()})
 
 
-def caught(pid: int, signals: set[int]) -> int:
-    """The mask (bit n-1 for signal n) of `signals` that `pid` catches (SigCgt)."""
-    from engine import kernel
-    got = kernel.proc_status(pid, {"SigCgt"})
-    cgt = int(got["SigCgt"], 16) if "SigCgt" in got else 0
+def caught(pid: int, signals: set[int], status: dict[str, str] | None = None) -> int:
+    """The mask (bit n-1 for signal n) of `signals` that `pid` catches (SigCgt); from `status`
+    (kernel.read_process_status's, of the stopped process) when given."""
+    if status is None:
+        from engine import kernel
+        status = kernel.proc_status(pid, {"SigCgt"})
+    cgt = int(status["SigCgt"], 16) if "SigCgt" in status else 0
     return sum(1 << (s - 1) for s in signals if cgt >> (s - 1) & 1)
 
 
