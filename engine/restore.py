@@ -1483,7 +1483,7 @@ class _Restorer:
             for arc in self.doc["superblocks"][sid].get("archives") or ():
                 if arc.get("attrs"):
                     content.set_inode_flags(fd, [{**rec, "path": _joined(arc["root"], rec["path"])}
-                                                 for rec in arc["attrs"]])
+                                                 for rec in arc["attrs"]], self.hostproc)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"{where}: setting its files' inode attributes (chattr): "
                                                      f"{e.strerror or e}") from None
