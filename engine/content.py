@@ -325,10 +325,17 @@ def _flagged_entries(path: str, rel: str, dev: int) -> list[tuple[str, int, int]
     return found
 
 
-def set_inode_flags(root_fd: int, records) -> None:
+def set_inode_flags(root_fd: int, records, proc: int | None = None) -> None:
     """Set the attributes of each record ({"path" beneath directory `root_fd`, "flags"}) on the file
     there (inode_flags'), keeping those it has; a name no longer a directory or regular file there
-    is passed over."""
+    is passed over. `proc`: a directory fd of this process's /proc (restore's yard covers "/", so
+    "/proc" is not found there), else /proc."""
+    if proc is None:
+        proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return set_inode_flags(root_fd, records, proc)
+        finally:
+            os.close(proc)
     for rec in records:
         rel = rec["path"].lstrip("/") or "."
         # O_PATH first: an image's path may name a device node or a FIFO, which root must not open.
@@ -341,7 +348,7 @@ def set_inode_flags(root_fd: int, records) -> None:
             mode = os.fstat(path_fd).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 continue
-            fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            fd = os.open(f"self/fd/{path_fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=proc)
         except OSError:
             continue
         finally:

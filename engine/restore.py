@@ -1005,7 +1005,7 @@ class _Restorer:
         step("spawn")
         parent = maker   # (the namespaces it starts in are its maker's)
         if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
-            self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            self.nsfd_of[("pid", p["ns"]["pid"])] = self._ns_fd(hp, "pid")
         for kind in _OTHER_NS:
             nsid = p["ns"][kind]
             inherited = parent["ns"][kind] if parent else None
@@ -1024,8 +1024,13 @@ class _Restorer:
             if action:
                 ours.call(("ns", kind, action, names), fds)
             if (kind, nsid) not in self.nsfd_of:
-                self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                self.nsfd_of[(kind, nsid)] = self._ns_fd(hp, kind)
         self._timens(p, parent, ours, hp)
+
+    def _ns_fd(self, pid, kind: str) -> int:
+        """An fd of namespace `kind` of host process `pid` ("self": ours), through our own /proc fd:
+        late stand-ins are made with the yard of sources=yard over "/", where "/proc" is not found."""
+        return os.open(f"{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def _fork_standin(self, p: dict, parent: dict | None, maker: dict | None, early_groups: dict):
         """(host pid, channel) of p's new stand-in, forked by `maker`'s (its parent's, or the leader
@@ -1129,17 +1134,17 @@ class _Restorer:
             if key(want) in self.nsfd_of:
                 chan.call(("timens", None, True), [self.nsfd_of[key(want)]])
             elif want is None:
-                self.nsfd_of[key(None)] = os.open("/proc/self/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+                self.nsfd_of[key(None)] = self._ns_fd("self", "time")
                 chan.call(("timens", None, True), [self.nsfd_of[key(None)]])
             else:
                 self._new_timens(p, chan, want, True)
-                self.nsfd_of[key(want)] = os.open(f"/proc/{hp}/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+                self.nsfd_of[key(want)] = self._ns_fd(hp, "time")
         kids = p.get("timens_children")
         if kids:
             if key(kids) in self.nsfd_of:   # (dump refused this order: engine/timens.py check_tree)
                 raise RestoreError(errno.EINVAL, f"process {p['pid']}: time namespace {kids['id']} exists already")
             self._new_timens(p, chan, kids, False)
-            self.nsfd_of[key(kids)] = os.open(f"/proc/{hp}/ns/time_for_children", os.O_RDONLY | os.O_CLOEXEC)
+            self.nsfd_of[key(kids)] = self._ns_fd(hp, "time_for_children")
 
     @staticmethod
     def _new_timens(p: dict, chan, rec: dict, enter: bool) -> None:
@@ -1167,8 +1172,7 @@ class _Restorer:
             raise RestoreError(errno.EIO, f"cannot find the stand-in for zombie {z['pid']}")
         self.chans[z["pid"]], self.hostpid[z["pid"]] = ours, new.pop()
         if z.get("pidns_init"):   # (its namespace, while it lives: its parent's children's, pidns_children)
-            self.nsfd_of[("zombie pid", z["pid"])] = os.open(f"/proc/{self.hostpid[z['pid']]}/ns/pid",
-                                                             os.O_RDONLY | os.O_CLOEXEC)
+            self.nsfd_of[("zombie pid", z["pid"])] = self._ns_fd(self.hostpid[z["pid"]], "pid")
         self._job(z, parent)
 
     def _end_zombies(self, by_pid: dict) -> None:
@@ -1478,7 +1482,7 @@ class _Restorer:
             for arc in self.doc["superblocks"][sid].get("archives") or ():
                 if arc.get("attrs"):
                     content.set_inode_flags(fd, [{**rec, "path": _joined(arc["root"], rec["path"])}
-                                                 for rec in arc["attrs"]])
+                                                 for rec in arc["attrs"]], self.hostproc)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"{where}: setting its files' inode attributes (chattr): "
                                                      f"{e.strerror or e}") from None

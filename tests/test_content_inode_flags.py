@@ -100,3 +100,41 @@ def test_walk_passes_over_a_file_removed_meanwhile(tmp_path, monkeypatch):
     finally:
         os.close(staging)
 
+
+
+def _set_under_yard(tmp: str) -> int:
+    """In a private mount namespace: a tmpfs with a file, then "/" covered by a scratch tmpfs as
+    restore's yard (sources=yard, engine/restore.py _make_yard) covers it, then its attribute set
+    through the fd of /proc opened before, as restore's seal sets it."""
+    os.makedirs(f"{tmp}/b", exist_ok=True)
+    kernel.mount("fb", f"{tmp}/b", "tmpfs", 0, "size=1m")
+    open(f"{tmp}/b/imm", "w").close()
+    root = os.open(f"{tmp}/b", os.O_RDONLY | os.O_DIRECTORY)
+    proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    own = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    fd = kernel.fsopen("tmpfs")
+    kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+    yard = kernel.fsmount(fd)
+    kernel.move_mount(yard, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    kernel.setns(own, kernel.CLONE_NEWNS)   # (as restore enters its service namespace again: the yard is "/")
+    assert not os.path.exists("/proc/self")   # ("/proc" is the yard's now)
+    content.set_inode_flags(root, [{"path": "/imm", "flags": 0x10}], proc)
+    imm = kernel.openat2(root, "imm", os.O_RDONLY, 0)
+    try:
+        got = struct.unpack_from("<i", fcntl.ioctl(imm, content.FS_IOC_GETFLAGS, bytes(8)))[0]
+        fcntl.ioctl(imm, content.FS_IOC_SETFLAGS, struct.pack("<iI", 0, 0))   # (let tmp_path go)
+    finally:
+        os.close(imm)
+    return got & content.INODE_FLAGS
+
+
+def test_set_under_the_yard(tmp_path):
+    """Restore's seal sets the attributes with the yard over "/" (sources=yard, Linux < 6.15): the
+    file is reopened through restore's own /proc fd, not "/proc" (the yard's empty root there), which
+    left every attribute unset on the older kernels' path (session 35, hunt33[tmpfs_chattr] under
+    MNTCR_STRATEGY=sources=yard)."""
+    try:
+        got = forkrun.in_mount_ns(_set_under_yard, str(tmp_path))
+    except OSError as e:
+        pytest.skip(f"tmpfs without FS_IOC_SETFLAGS (Linux 6.0): {e}")
+    assert got == 0x10, got

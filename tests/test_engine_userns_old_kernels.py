@@ -187,3 +187,39 @@ def test_construct_seeds_a_group_of_binds_with_locked_flags_with_those_locks():
     with pytest.raises(construct.PlanError, match=r"^mount 3 \(/vol2\): its peer group 8 has members with other "
                                                   r"locks or locked flags than mount 2 \(/vol\)"):
         construct.plan(tree, userns_copies={"ns": ({1}, {2, 3})})
+
+
+# A sandbox with its own pids only (`unshare -U -r -p -f` without -m, as
+# scenarios/userns/rootless_pidns_no_mnt, here by root): its user namespace does not own the mount
+# namespace, so its stand-in is forked late, once every mount exists.
+PIDNS_NO_MNT = """
+mkdir -p /run/c
+echo mine > /run/c/file
+unshare -U -r -p -f sh -c '
+  exec 7</run/c/file
+  exec /.hold/mntcr-hold infinity' </dev/null >/dev/null 2>&1 &
+u=$!
+while ! c=$(pgrep -P $u mntcr-hold); do sleep 0.05; done
+while [ ! -e /proc/$c/fd/7 ]; do sleep 0.05; done
+hold
+"""
+
+
+def test_late_standin_made_under_the_yard(case):
+    """The late stand-in's namespaces are opened with the yard of sources=yard (< 6.15) over "/",
+    where "/proc" is the yard's empty root: restore failed `No such file or directory:
+    '/proc/PID/ns/pid'` (session 35) before it opened them through its own /proc fd."""
+    pid = case.start(PIDNS_NO_MNT, daemons=("unshare",))   # (it waits for its child)
+    before = enginecase.take(pid)
+    images = case.new_images_dir()
+    env = {strategy.ENV: "sources=yard"}
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    assert r.returncode == 0, r.stderr
+    pidfile = images + ".pid"
+    r = mntcr("restore", "-D", images, *enginecase.RESTORE_EXTERNALS, "--devices", "all", "--pidfile", pidfile,
+              env=env)
+    assert r.returncode == 0, r.stderr
+    with open(pidfile) as f:
+        pid = int(f.read())
+    case.trees.append(pid)
+    enginecase.assert_same(before, enginecase.take(pid))
