@@ -746,7 +746,6 @@ def locks(pid: int, entries: list[dict], nsname: str, owned_sbs: set | None = No
             # A bind made inside the user namespace of an inherited (locked) mount: unlocked, with
             # its source's locked flags. Restore clones it the same way (Rebuild.lock_flags).
             e["locked_flags"] = flags
-    locked_ids = {e["id"] for e in entries if e.get("locked")}
     if not root.get("locked"):
         # Bound inside the user namespace (ch-run binds its image and pivots into the bind): restore
         # mounts a clone over the root the copy locked, which hides whatever is locked on that.

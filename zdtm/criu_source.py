@@ -217,7 +217,7 @@ def read_desc(static_dir: str, name: str) -> dict:
         text = f.read()
     try:
         desc = ast.literal_eval(text.strip() or "{}")
-    except (ValueError, SyntaxError) as e:
+    except (ValueError, SyntaxError):
         # zdtm.py eval()s it; a desc that computes its options from the block device zdtm.py is
         # given (mnt_ext_dev) is evaluated by the driver once it made one (zdtm/criu_tests.py)
         if EXT_DEV in text:
