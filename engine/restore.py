@@ -1905,8 +1905,8 @@ class _Restorer:
         if base is None:
             raise RestoreError(errno.EINVAL, f"{where}: the filesystem of its deleted file {g['path']} was not restored")
         if g.get("uncover"):
-            # Its whiteout was taken out of the upper layer when the overlay was made: the lower
-            # directory is there again, removed through the overlay once opened (engine/ghosts.py).
+            # Its type took the whiteout out of its layer when the superblock was made (uncover_layer):
+            # the directory beneath is there again, removed through the mount once opened (engine/ghosts.py).
             from engine import ghosts   # (loaded by _load_for)
             try:
                 ghost = self.ghost_live[gid] = ghosts.Uncovered(base, g["path"])
