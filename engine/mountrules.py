@@ -178,6 +178,19 @@ def deleted_file(where: str, sb: dict | None, mode: int) -> None:
                                            "symlinks and directories are supported")
 
 
+def uncover_layer(where: str, layer_sb: dict | None) -> None:
+    """Refuse a removed directory restore would uncover (a type's `deleted_dir`: {"uncover": True})
+    in a layer on a filesystem the image does not make (`layer_sb` None: none of the tree's; or
+    external): restore takes a whiteout out of that layer, and writes nothing on the host's files."""
+    if layer_sb is None or layer_sb.get("external"):
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: removed while in use on an overlay a user namespace "
+                                           "mounted without userxattr, a directory of a lower layer, whose "
+                                           "upper layer lies on a filesystem the dump does not make (the "
+                                           "host's: restore writes nothing there): restore cannot make it "
+                                           "again (no opaque xattr); mount the overlay with userxattr, or "
+                                           "leave the directory before dumping")
+
+
 def ghost_attrs(where: str, attrs: int) -> None:
     """Refuse a deleted file or directory (`where` names it) that restore would make again from its
     own archive (a ghost, engine/ghosts.py: no other name of it is dumped) when it has inode

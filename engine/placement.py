@@ -371,6 +371,9 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     how = None
     if stat.S_ISDIR(st.st_mode):
         how = hook(fs.lookup(sb["fstype"]).deleted_dir, where, sb, pid, link, sb_path)   # (also asked before the stop)
+        if how and how.get("uncover"):
+            hook(mountrules.uncover_layer, where,
+                 next((s for s in superblocks.values() if s.get("dev") == how["layer_dev"]), None))
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
             links = g.setdefault("links", [])

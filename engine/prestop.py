@@ -1074,5 +1074,8 @@ def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View, held: 
     _ghost_attrs(where, f"/proc/{held[0]}/{held[1]}", view.superblocks[sid])
     if m is not None and stat.S_ISDIR(mode):
         sb = {**view.superblocks[sid], "owner": view.sb_owners.get(sid)}   # (as dump's records have it)
-        fs.lookup(sb["fstype"]).deleted_dir(where, sb, *held, ghosts.sb_path(m.root, m.mountpoint,
-                                                                              kernel.undeleted(target)[0]))
+        how = fs.lookup(sb["fstype"]).deleted_dir(where, sb, *held, ghosts.sb_path(m.root, m.mountpoint,
+                                                                                    kernel.undeleted(target)[0]))
+        lsid = view.sb_of_dev.get(how["layer_dev"]) if how and how.get("uncover") else None
+        if how and how.get("uncover") and lsid not in view.unsure:
+            mountrules.uncover_layer(where, None if lsid is None else view.superblocks[lsid])

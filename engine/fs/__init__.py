@@ -239,7 +239,9 @@ class FsType:
         /proc/PID: "cwd", "root" or "fd/N") after it was removed, when restore cannot make it again at
         `sb_path` (its old path in the superblock; `where` names it). Reads only: asked before the stop
         and again once the tree is stopped. Returns None (made again from its archive), or
-        {"uncover": True}: restore uncovers it instead (`uncover_layer`). Default: nothing refused."""
+        {"uncover": True, "layer_dev": "MAJ:MIN"}: restore uncovers it instead (`uncover_layer`) in
+        that layer, whose filesystem the image must make (mountrules.uncover_layer). Default: nothing
+        refused."""
         return None
 
     def uncover_layer(self, sb: dict) -> dict | None:

@@ -938,7 +938,8 @@ class OverlayType(FsType):
         mark opaque. An overlay a user namespace of the image owns (`owner`), made without userxattr,
         sets no such xattr (trusted.* needs the initial namespace's CAP_SYS_ADMIN): the mkdir fails
         (EIO). Such a directory, seen as a whiteout at its name in the upper layer, is uncovered
-        instead ({"uncover": True}: restore takes the whiteout out before the overlay is made, opens
+        instead ({"uncover": True, "layer_dev": the upper layer's device}: restore takes the whiteout
+        out before the overlay is made, opens
         the lower directory and removes it through the overlay), when the lower layers show it as it
         was held (`_uncover_why`); else refused. The upper layer is looked at from the process's root,
         else from the roots of the tree's other processes (`_upper_dir`); where no root shows it (a
@@ -964,7 +965,12 @@ class OverlayType(FsType):
             return None
         why = _uncover_why(root, sb, pid, link, sb_path)
         if why is None:
-            return {"uncover": True}
+            try:
+                st = os.stat(f"{root}/{upper[0].lstrip('/')}")
+            except OSError as e:
+                raise FsError(e.errno or errno.EIO, f"{where}: its overlay's upper layer: {e.strerror}") from None
+            # (the caller asks whether the image makes that filesystem: restore writes nowhere else)
+            return {"uncover": True, "layer_dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"}
         raise FsError(errno.EOPNOTSUPP, f"{where}: removed while in use on an overlay a user namespace "
                                         "mounted without userxattr, a directory of a lower layer (a whiteout "
                                         f"has its name in the upper layer) whose lower directory {why}: "
