@@ -288,6 +288,11 @@ class Uncovered:
             return
         try:
             os.rmdir(self.name, dir_fd=self.dir)
+        except OSError as e:
+            # (dump saw it empty and as held: the lower layer, often the host's files, changed since)
+            raise GhostError(e.errno or errno.EIO, f"the lower layer's directory {self.name} cannot be removed "
+                                                   f"through the overlay again ({e.strerror}): the lower layer "
+                                                   "changed since the dump; restore it as it was") from None
         finally:
             os.close(self.dir)
             self.dir = None

@@ -141,6 +141,7 @@ def stack_beneath(path: str, mounts) -> list:
 
 
 _MAX_STACK = 16        # mounts stacked over one layer path that dump looks beneath
+_MAX_ANCESTORS = 16    # ancestors of a process dump asks for a view of an overlay's upper layer
 _MAX_ENTRIES = 256     # entries of a layer directory compared with the overlay's
 
 
@@ -384,12 +385,12 @@ def _upper_dir(pid: int, sb: dict, upper: str) -> str | None:
 
 
 def _same_overlay_pids(pid: int, sb: dict) -> list[int]:
-    """The ancestors of `pid` (at most _MAX_STACK, not init) whose mount namespace has a mount of the
+    """The ancestors of `pid` (at most _MAX_ANCESTORS, not init) whose mount namespace has a mount of the
     overlay (its superblock's device): the one that made it pivoted a child into it, and sees the
     layers at their options' paths where the child does not."""
     out = []
     cur = pid
-    for _ in range(_MAX_STACK):
+    for _ in range(_MAX_ANCESTORS):
         try:
             with open(f"/proc/{cur}/stat") as f:
                 cur = int(f.read().rsplit(")", 1)[1].split()[1])
