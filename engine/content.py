@@ -348,9 +348,8 @@ def set_inode_flags(root_fd: int, records, proc: int | None = None) -> None:
             mode = os.fstat(path_fd).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 continue
+            # (no skip here: the file is there, and a failed reopen once lost its attributes silently)
             fd = os.open(f"self/fd/{path_fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=proc)
-        except OSError:
-            continue
         finally:
             os.close(path_fd)
         try:
