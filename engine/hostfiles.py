@@ -155,14 +155,10 @@ def check_connect(gates: Gates, pid: int, where: str, name: str, vfs, host_mnts:
     over when the name leads elsewhere now (restore decides)."""
     if vfs is None or not name.startswith("/"):
         return
-    link = f"/proc/{pid}/root{name}"
-    try:
-        st = os.stat(link, follow_symlinks=False)
-        mnt_id = kernel.statx_mnt_id(link, flags=kernel.AT_SYMLINK_NOFOLLOW)
-    except OSError:
-        return   # (gone meanwhile, or its directory out of our reach: restore decides)
-    if not stat.S_ISSOCK(st.st_mode) or (st.st_ino, st.st_dev) != (vfs[0], os.makedev(vfs[1] >> 20, vfs[1] & 0xFFFFF)):
-        return
+    from engine.fds import unix_locate
+    mnt_id = unix_locate.socket_at(f"/proc/{pid}/root{name}", vfs)
+    if mnt_id is None:
+        return   # (gone meanwhile, elsewhere, or its directory out of our reach: restore decides)
     gate = (unreached(gates, pid, name, os.O_PATH, mnt_id, host_mnts, mounts)
             or unreached(gates, pid, name, os.O_WRONLY, mnt_id, host_mnts, mounts, may_connect))
     if gate is not None:

@@ -20,6 +20,23 @@ from engine.fds import FdError, unix_bind
 MAX_WALK = 100_000
 
 
+def vfs_dev(vfs) -> int:
+    """The st_dev of sock_diag's VFS (ino, dev) pair of a socket file (the kernel's dev_t encoding)."""
+    return os.makedev(vfs[1] >> 20, vfs[1] & 0xFFFFF)
+
+
+def socket_at(path: str, vfs) -> int | None:
+    """The mount id of `path` (not followed) when it is the socket file sock_diag's `vfs` names,
+    else None (another file, or none: gone or out of reach)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (vfs[0], vfs_dev(vfs)):
+            return kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW)
+    except OSError:
+        pass
+    return None
+
+
 def locate(d, name: str, vfs) -> dict:
     """{mnt, path} of the socket file a path-bound socket made (its name may be relative, or go
     through /proc/self/fd/N/, as conmon binds its attach socket): the name when it leads to the
@@ -28,22 +45,19 @@ def locate(d, name: str, vfs) -> dict:
     runtime binds a socket inside the container it builds: systemd-nspawn's /run/host/notify)."""
     if vfs is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, but its socket file is gone: not supported")
-    ino, kdev = vfs
-    dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
+    ino, dev = vfs[0], vfs_dev(vfs)
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
     detached = _on_detached(d, known_mounts(d))
     if detached is not None:
         return detached
     if name.startswith("/") and not unix_bind.MAGIC.match(name):
         for pid, _mounts in spaces:
-            root = f"/proc/{pid}/root"
+            mnt_id = socket_at(f"/proc/{pid}/root{name}", vfs)
             try:
-                st = os.stat(root + name, follow_symlinks=False)
-                if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
-                    return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
-                                   "socket")
+                if mnt_id is not None:
+                    return d.place(name, mnt_id, "socket")
             except OSError:
-                pass
+                pass   # (not placed by its name: searched for below)
     budget = [MAX_WALK]
     want = f"{os.major(dev)}:{os.minor(dev)}"
     covered = []
