@@ -130,13 +130,31 @@ def precheck_rootless(pids: list[int], rootless) -> None:
         try:
             if not rootless(pid):
                 continue
-            why = beyond_user(values(pid), kernel.read_rlimits(pid))
+            limits = kernel.read_rlimits(pid)
+            why = beyond_user(values(pid), limits)
         except OSError:
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
         if why:
             raise SchedError(errno.EPERM, f"process {pid}: {why}, which restore gives no process of a rootless "
                                           "tree (its user could not): lower it (chrt, renice, ionice, choom) and "
                                           "dump again")
+        _hard_limits_above_ours(pid, limits)
+
+
+def _hard_limits_above_ours(pid: int, limits: dict) -> None:
+    """Refuse a rootless tree's process `pid` holding a hard resource limit of `limits` above ours:
+    restore raises none for such a process (engine/restore.py, kernel.raise_hard_limits), whose
+    stand-in only lowers the restorer's (the dumper's and the restorer's are root's of one host)."""
+    import resource
+    rank = lambda v: float("inf") if v == resource.RLIM_INFINITY else v   # noqa: E731  (-1: unlimited)
+    for name, (_, hard) in sorted(limits.items()):
+        nr = getattr(resource, f"RLIMIT_{name}", None)
+        have = None if nr is None else resource.getrlimit(nr)[1]
+        if have is not None and rank(hard) > rank(have):
+            raise SchedError(errno.EPERM, f"process {pid}: its hard resource limit {name} {hard} lies above the "
+                                          f"dumper's {have}, which restore gives no process of a rootless tree (its "
+                                          "user could not raise it): lower it (prlimit), or raise the dumper's and "
+                                          "the restorer's, and dump again")
 
 
 _CAP_SYS_NICE, _CAP_SYS_RESOURCE = 23, 24

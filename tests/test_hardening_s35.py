@@ -7,6 +7,8 @@ refused with exit status 2 and one line, nothing left running or mounted
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from test_hardening_hostile import _mutated, refused
@@ -58,3 +60,22 @@ def test_rootless_tree_with_a_scheduling_privilege_refused_at_dump_unstopped(cas
     _refused_unstopped(case, pid, r"process \d+: its nice value -5 lies below what its RLIMIT_NICE allows, which "
                                   r"restore gives no process of a rootless tree \(its user could not\): lower it "
                                   r"\(chrt, renice, ionice, choom\) and dump again")
+
+
+def test_rootless_tree_with_a_hard_limit_above_the_dumpers_refused_at_dump_unstopped(case):  # noqa: F811
+    """A tree uid 1000 made holds RLIMIT_MSGQUEUE 819200 (root's), the dumper (and so the restorer,
+    root of the same host) 4096 here (prlimit): restore, which raises no hard limit for a rootless
+    tree, would refuse it (above), so dump refuses it first, the tree running."""
+    import re
+    from enginecase import DUMP_EXTERNALS, STOP_WATCH, mntcr, py_hold, was_stopped
+    from test_hardening_s34 import rootless_kid
+    pid = case.start(STOP_WATCH + py_hold(rootless_kid()))
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *DUMP_EXTERNALS, wrap=("prlimit", "--msgqueue=4096:4096"))
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: process \d+: its hard resource limit MSGQUEUE \d+ lies above the dumper's "
+                        r"4096, which restore gives no process of a rootless tree \(its user could not raise it\): "
+                        r"lower it \(prlimit\), or raise the dumper's and the restorer's, and dump again\n",
+                        r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
