@@ -26,7 +26,10 @@ from zdtm import randomfds
 from zdtm.snapshot import tree_pids
 
 _FROM, _, _TO = os.environ.get("MNTCR_FDTREE_SEEDS", "0:16").partition(":")
-SEEDS = sorted(set(range(int(_FROM), int(_TO))))
+# Seeds that found bugs: 12, a stream pair's end with SO_PRIORITY 1, restored with 0 and the snapshot
+# did not compare it (tests/test_engine_unix_priority.py)
+FOUND = {12}
+SEEDS = sorted(set(range(int(_FROM), int(_TO))) | FOUND)
 # MNTCR_FDTREE_NOCR=1: no dump, the running tree drained (checks the generator's expectations)
 _NOCR = bool(os.environ.get("MNTCR_FDTREE_NOCR"))
 _libc = ctypes.CDLL(None, use_errno=True)
