@@ -239,7 +239,9 @@ def _q_inotify(tree, o, obj):
 
 
 def _q_pty(tree, o, obj):
-    return [{"obj": o, "role": "s", "how": "bytes", "want": obj["input"], "eof": False}]
+    # (a slave whose master is closed is hung up: it reads end of file, its input is gone)
+    want = "" if _gone(tree, o, "m") else obj["input"]
+    return [{"obj": o, "role": "s", "how": "bytes", "want": want, "eof": False}]
 
 
 def _q_tcp(tree, o, obj):

@@ -534,8 +534,9 @@ def _open(r: RestoreFd) -> int:
     # of its path (which adds it, on 64-bit); a TIOCGPTPEER asked for it explicitly comes back so,
     # the same flags. Without: TIOCGPTPEER (as glibc's openpty does), which adds nothing, where
     # open(2) adds O_LARGEFILE and F_SETFL cannot take it off; a 32-bit program's open(2) of its
-    # path (no O_LARGEFILE either) comes back so, the same flags.
-    if e["flags"] & O_LARGEFILE or e.get("orphan"):
+    # path (no O_LARGEFILE either) comes back so, the same flags. A hung-up slave (orphan) too: its
+    # master is open here until restore closes it (tests/test_engine_pty_hungup_flags.py).
+    if e["flags"] & O_LARGEFILE:
         fd = r.open_at(e["mnt"], e["path"], flags)
     else:
         # (Without O_CLOEXEC, which it would keep in the status flags: the fd's own flag is set after.)
