@@ -3061,7 +3061,8 @@ class _Restorer:
                 why = userns.owned_top(p.get("userns"), users) and schedattrs.beyond_user(p["sched"], p.get("rlimits"))
                 if why:
                     raise RestoreError(errno.EPERM, f"process {p['pid']}: {why}, which its rootless tree's user "
-                                                    "could not give it")
+                                                    "could not give it: an image of a rootless tree gets no more "
+                                                    "than its user could; dump it again after that change")
                 try:
                     schedattrs.apply(self.hostpid[p["pid"]], p["sched"], self.hostproc)
                     if p["sched"]["personality"] != schedattrs.personality(self.hostpid[p["pid"]], self.hostproc):

@@ -111,13 +111,14 @@ def beyond_user(want: dict, rlimits: dict | None) -> str | None:
         return float("inf") if v == -1 else v
     base = want["policy"] & ~SCHED_RESET_ON_FORK
     if base in (1, 2) and want["rt_priority"] > soft("RTPRIO"):
-        return f"its real-time priority {want['rt_priority']} lies above its RLIMIT_RTPRIO"
+        return (f"its real-time priority {want['rt_priority']} lies above its RLIMIT_RTPRIO (give it the "
+                "normal policy: chrt -o -p 0 PID)")
     if want["nice"] < 0 and 20 - want["nice"] > soft("NICE"):
-        return f"its nice value {want['nice']} lies below what its RLIMIT_NICE allows"
+        return f"its nice value {want['nice']} lies below what its RLIMIT_NICE allows (raise it: renice -n 0 -p PID)"
     if want["ioprio"] >> _IOPRIO_CLASS_SHIFT == 1:
-        return "its I/O class is the real-time one"
+        return "its I/O class is the real-time one (give it the best-effort one: ionice -c 2 -p PID)"
     if want["oom_score_adj"] < 0:
-        return f"its oom_score_adj {want['oom_score_adj']} is negative"
+        return f"its oom_score_adj {want['oom_score_adj']} is negative (raise it: choom -n 0 -p PID)"
     return None
 
 
@@ -135,9 +136,8 @@ def precheck_rootless(pids: list[int], rootless) -> None:
         except OSError:
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
         if why:
-            raise SchedError(errno.EPERM, f"process {pid}: {why}, which restore gives no process of a rootless "
-                                          "tree (its user could not): lower it (chrt, renice, ionice, choom) and "
-                                          "dump again")
+            raise SchedError(errno.EPERM, f"process {pid}: {why.replace('PID', str(pid))}, which restore gives no "
+                                          "process of a rootless tree (its user could not set it); then dump again")
         _hard_limits_above_ours(pid, limits)
 
 

@@ -27,17 +27,18 @@ def _rootless(change):
 
 
 @pytest.mark.parametrize("sched, why", [
-    ({"policy": 1, "rt_priority": 50}, r"its real-time priority 50 lies above its RLIMIT_RTPRIO"),
-    ({"nice": -20}, r"its nice value -20 lies below what its RLIMIT_NICE allows"),
-    ({"ioprio": 1 << 13}, r"its I/O class is the real-time one"),
-    ({"oom_score_adj": -1000}, r"its oom_score_adj -1000 is negative"),
+    ({"policy": 1, "rt_priority": 50}, r"its real-time priority 50 lies above its RLIMIT_RTPRIO \(give it the normal policy: chrt -o -p 0 PID\)"),
+    ({"nice": -20}, r"its nice value -20 lies below what its RLIMIT_NICE allows \(raise it: renice -n 0 -p PID\)"),
+    ({"ioprio": 1 << 13}, r"its I/O class is the real-time one \(give it the best-effort one: ionice -c 2 -p PID\)"),
+    ({"oom_score_adj": -1000}, r"its oom_score_adj -1000 is negative \(raise it: choom -n 0 -p PID\)"),
 ])
 def test_rootless_process_gets_no_scheduling_privilege(image, tmp_path, sched, why):  # noqa: F811
     """Restore set each process's scheduling attributes from outside, with its own privilege: an
     image of a tree nobody made ran its process under SCHED_FIFO 50 at nice -20 (checked by hand:
     what nobody, with RLIMIT_RTPRIO and RLIMIT_NICE 0, could not do)."""
     img = _mutated(image, tmp_path, _rootless(lambda p: p["sched"].update(sched)))
-    refused(img, r"process \d+: " + why + ", which its rootless tree's user could not give it", tmp_path,
+    refused(img, r"process \d+: " + why + ", which its rootless tree's user could not give it: an image of a "
+            r"rootless tree gets no more than its user could; dump it again after that change", tmp_path,
             timeout=120, subids=_subids())
 
 
@@ -57,9 +58,9 @@ def test_rootless_tree_with_a_scheduling_privilege_refused_at_dump_unstopped(cas
     kid = rootless_kid('os.setpriority(os.PRIO_PROCESS, 0, -5); '
                        'import resource; resource.setrlimit(resource.RLIMIT_NICE, (0, 0))')
     pid = case.start(STOP_WATCH + py_hold(kid))
-    _refused_unstopped(case, pid, r"process \d+: its nice value -5 lies below what its RLIMIT_NICE allows, which "
-                                  r"restore gives no process of a rootless tree \(its user could not\): lower it "
-                                  r"\(chrt, renice, ionice, choom\) and dump again")
+    _refused_unstopped(case, pid, r"process (\d+): its nice value -5 lies below what its RLIMIT_NICE allows \(raise "
+                                  r"it: renice -n 0 -p \1\), which restore gives no process of a rootless tree \(its "
+                                  r"user could not set it\); then dump again")
 
 
 def test_rootless_tree_with_a_hard_limit_above_the_dumpers_refused_at_dump_unstopped(case):  # noqa: F811
