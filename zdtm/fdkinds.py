@@ -383,7 +383,6 @@ def sharing(pids: list[int]) -> str:
     lines = _socket_pairs(by_inode)
     for members in by_inode.values():
         target = members[0][3]
-        import stat as st_mod
         if target.startswith("pipe:") or (target.startswith("/") and _is_fifo(members[0][1], members[0][2])):
             if len(members) > 1:
                 lines.append("pipe " + " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in members)))
