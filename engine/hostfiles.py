@@ -73,21 +73,7 @@ def reachable(gate, root: int, rel: str, flags: int, fn=None) -> bool:
         os.close(kernel.openat2(root, rel or ".", want, _WALK))
 
     def dirs():
-        parts, out = [x for x in rel.split("/") if x], []
-        try:
-            for k in range(len(parts) + 1):
-                out.append(kernel.openat2(root, "/".join(parts[:k]) or ".",
-                                          os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _WALK))
-                if k < len(parts) and not stat.S_ISDIR(os.fstat(out[-1]).st_mode):
-                    raise PermissionError(errno.EACCES, "a symlink on the way")
-            if parts and stat.S_ISLNK(os.fstat(out[-1]).st_mode):
-                raise PermissionError(errno.EACCES, "a symlink at the end")
-        except BaseException:
-            for fd in out:
-                os.close(fd)
-            raise
-        os.close(out.pop())   # (the file's own; the walk's are the rest)
-        return out
+        return userns.dirs_to(lambda sub, f: kernel.openat2(root, sub or ".", f, _WALK), rel)
     try:
         userns.reach(gate[1], _maps(gate), opened, at, dirs)
         return True

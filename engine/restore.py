@@ -2634,24 +2634,9 @@ class _Restorer:
 
     def _dirs_to(self, mnt: int, path: str) -> list[int]:
         """O_PATH fds (the caller's) on each directory a walk to `path` on mount `mnt` searches, from
-        the mount's root down to the file's own directory, then the file itself (not followed).
-        PermissionError when a directory on the way is a symlink: the walk would search
-        directories not named here (host_reach grants its fallback on the named ones only)."""
-        parts = [x for x in path.split("/") if x]
-        out: list[int] = []
-        try:
-            for k in range(len(parts) + 1):
-                out.append(self._open_at(mnt, "/".join(parts[:k]), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
-                if k < len(parts) and not stat.S_ISDIR(os.fstat(out[-1]).st_mode):
-                    raise PermissionError(errno.EACCES, "a symlink on the way")
-            if parts and stat.S_ISLNK(os.fstat(out[-1]).st_mode):
-                raise PermissionError(errno.EACCES, "a symlink at the end")
-        except BaseException:
-            for fd in out:
-                os.close(fd)
-            raise
-        os.close(out.pop())   # (the file's own: opened to see it is no symlink; the walk's are the rest)
-        return out
+        the mount's root down to the file's own directory (userns.dirs_to)."""
+        from engine import userns
+        return userns.dirs_to(lambda sub, f: self._open_at(mnt, sub, f), path)
 
     def host_reach(self, gate):
         """reach(mnt, at, fn, dirs=None) -> fn(), run as root where `gate` (userns.host_gate's, or

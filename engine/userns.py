@@ -674,6 +674,29 @@ def reach(ids: tuple, maps, fn, at, dirs=None):
     return fn()
 
 
+def dirs_to(open_at, path: str) -> list[int]:
+    """reach's `dirs` for `path`: O_PATH fds (the caller's) on each directory a walk to it searches,
+    from the top (`open_at("")`) down to the file's own directory, opened by `open_at(rel, flags)`;
+    the file itself is opened (not followed) to see it is no symlink, and closed. PermissionError
+    when a directory on the way is a symlink: the walk would search directories not named here
+    (reach grants its fallback on the named ones only)."""
+    parts = [x for x in path.split("/") if x]
+    out: list[int] = []
+    try:
+        for k in range(len(parts) + 1):
+            out.append(open_at("/".join(parts[:k]), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
+            if k < len(parts) and not stat.S_ISDIR(os.fstat(out[-1]).st_mode):
+                raise PermissionError(errno.EACCES, "a symlink on the way")
+        if parts and stat.S_ISLNK(os.fstat(out[-1]).st_mode):
+            raise PermissionError(errno.EACCES, "a symlink at the end")
+    except BaseException:
+        for fd in out:
+            os.close(fd)
+        raise
+    os.close(out.pop())
+    return out
+
+
 def may_walk(ids: tuple, top: int, rel: str, maps, resolve: int) -> bool:
     """Whether user `ids` may walk from directory `top` (an fd) to `rel` beneath it: each directory
     above `rel` one it may search (may_search, `maps`), opened with openat2's `resolve`, no symlink
